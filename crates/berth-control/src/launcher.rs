@@ -1,0 +1,393 @@
+//! The task launcher: places every task waiting in `/pending/` with the pure
+//! engine (`berth-sched`) and commits the placements optimistically.
+//!
+//! It plans from a [`Cache`] kept current by the store's watch, wakes only
+//! when a task is queued or an instance changes (new capacity, released
+//! resources, status), and commits one transaction per instance that
+//! compares the instance's and every task's `mod_revision`. Whoever else
+//! writes the instance meanwhile (another launcher, a `StartTask` caller)
+//! makes that commit fail; the launcher then plans again from the fresher
+//! view. Resources are never over-committed because the instance record's
+//! `remaining` is only ever changed by such compare-and-swap commits.
+//!
+//! Tasks that cannot be placed stay queued with their reasons written to
+//! `pendingReasons` (only when the reasons change, so the launcher does not
+//! wake itself).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use berth_model::{Container, ContainerInstance, NetworkBinding, Task, TaskDefinition, TaskStatus};
+use berth_sched::{Instance, PlaceOptions, Placement, Scalars, Snapshot, Strategy, TaskRequest};
+use berth_server::keys;
+use berth_store::{CmpOp, Compare, DynStore, Op, RangeRequest, StoreError, TxnRequest};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::ControlError;
+use crate::cache::{Cache, Cached, ClusterView};
+use crate::records::{TaskDefs, to_json};
+
+/// Launcher settings.
+#[derive(Debug, Clone, Default)]
+pub struct LauncherConfig {
+    /// Seed for the engine's random choices (mixed with the round number).
+    pub seed: u64,
+}
+
+/// What one planning round did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoundReport {
+    pub placed: usize,
+    pub unplaced: usize,
+    /// Instance commits lost to a concurrent writer.
+    pub conflicts: usize,
+}
+
+fn scalars(r: &berth_model::Resources) -> Scalars {
+    Scalars {
+        cpu: r.cpu,
+        memory_mib: r.memory_mib,
+        network_mbps: r.network_mbps,
+        gpus: r.gpus,
+    }
+}
+
+/// The security groups of a task's `networkConfiguration.awsvpcConfiguration`.
+fn security_groups(raw: &serde_json::Map<String, Value>) -> Vec<String> {
+    raw.get("networkConfiguration")
+        .and_then(|n| n.get("awsvpcConfiguration"))
+        .and_then(|v| v.get("securityGroups"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The engine's view of one instance: what its record says is left (the
+/// record is the one every placement compares and updates) plus the task
+/// groups running on it, for spread and `distinctInstance`.
+fn sched_instance(ci: &ContainerInstance, tasks: &[&Task]) -> Instance {
+    let mut inst = Instance::from_model(ci, tasks.iter().copied());
+    inst.remaining = scalars(&ci.remaining);
+    inst.used_ports = ci.remaining.ports.clone();
+    for (slot, eni) in inst.enis.iter_mut().zip(&ci.remaining.enis) {
+        slot.free_ips = eni.ips;
+        slot.security_groups.clone_from(&eni.security_groups);
+    }
+    inst
+}
+
+/// The engine's snapshot of a cluster, with the instance records in the
+/// snapshot's order (placements name instances by index).
+pub(crate) fn snapshot_of(view: &ClusterView) -> (Snapshot, Vec<&Cached<ContainerInstance>>) {
+    let mut by_instance: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for t in view.tasks.values() {
+        if let Some(ci) = t.value.container_instance.as_deref() {
+            by_instance.entry(ci).or_default().push(&t.value);
+        }
+    }
+    let instances: Vec<&Cached<ContainerInstance>> = view.instances.values().collect();
+    let hosts = instances
+        .iter()
+        .map(|ci| sched_instance(&ci.value, by_instance.get(ci.value.id.as_str()).map_or(&[][..], |v| v)))
+        .collect();
+    (Snapshot::new(hosts), instances)
+}
+
+/// The launcher.
+pub struct Launcher {
+    store: DynStore,
+    config: LauncherConfig,
+    taskdefs: TaskDefs,
+    rounds: u64,
+}
+
+impl Launcher {
+    pub fn new(store: DynStore, config: LauncherConfig) -> Self {
+        Launcher {
+            store,
+            config,
+            taskdefs: TaskDefs::default(),
+            rounds: 0,
+        }
+    }
+
+    async fn taskdef(&mut self, arn: &str) -> Result<Option<TaskDefinition>, ControlError> {
+        self.taskdefs.get(&self.store, arn).await
+    }
+
+    /// The engine request for a queued task, or why it can never be placed.
+    async fn request(&mut self, t: &Cached<Task>) -> Result<Result<TaskRequest, String>, ControlError> {
+        let Some(td) = self.taskdef(&t.value.task_definition_arn).await? else {
+            return Ok(Err("MISSING: task definition not found".into()));
+        };
+        let group = t.value.group.clone().unwrap_or_default();
+        let sgs = security_groups(&t.raw);
+        let mut req = match TaskRequest::from_task_definition(&t.value.id, &td, group.clone(), &sgs) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(format!("INVALID: {e}"))),
+        };
+        // The task's own demand (RunTask overrides applied) wins over the definition's.
+        req.demand = scalars(&t.value.demand);
+        req.tier = t.value.tier;
+        let field = |name: &str| t.raw.get(name).cloned().unwrap_or(Value::Null);
+        if let Ok(extra) =
+            serde_json::from_value::<Vec<berth_model::PlacementConstraint>>(field("placementConstraints"))
+        {
+            for c in extra {
+                match berth_sched::Constraint::from_ecs(&c.kind, c.expression.as_deref()) {
+                    Ok(c) => req.constraints.push(c),
+                    Err(e) => return Ok(Err(format!("INVALID: {e}"))),
+                }
+            }
+        }
+        let strategy = serde_json::from_value::<Vec<berth_model::PlacementStrategy>>(field("placementStrategy"))
+            .unwrap_or_default();
+        req = if strategy.is_empty() {
+            // ECS defaults: services spread over zones then instances; one-off tasks go anywhere.
+            req.strategy = if group.starts_with("service:") {
+                Strategy::ecs_service_default()
+            } else {
+                vec![Strategy::Random]
+            };
+            req
+        } else {
+            match req.with_ecs_strategy(&strategy) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(format!("INVALID: {e}"))),
+            }
+        };
+        Ok(Ok(req))
+    }
+
+    /// Plans and commits every queued task of every cluster once.
+    pub async fn round(&mut self, cache: &Cache) -> Result<RoundReport, ControlError> {
+        self.rounds += 1;
+        let mut report = RoundReport::default();
+        for (cluster, view) in &cache.clusters {
+            if view.pending.is_empty() {
+                continue;
+            }
+            let r = self.round_cluster(cluster, view).await?;
+            report.placed += r.placed;
+            report.unplaced += r.unplaced;
+            report.conflicts += r.conflicts;
+        }
+        Ok(report)
+    }
+
+    async fn round_cluster(&mut self, cluster: &str, view: &ClusterView) -> Result<RoundReport, ControlError> {
+        let mut report = RoundReport::default();
+        let mut queued: Vec<&Cached<Task>> = Vec::new();
+        let mut requests = Vec::new();
+        for id in &view.pending {
+            let Some(t) = view.tasks.get(id) else { continue };
+            if t.value.desired_status == TaskStatus::Stopped || t.value.container_instance.is_some() {
+                continue;
+            }
+            match self.request(t).await? {
+                Ok(req) => {
+                    queued.push(t);
+                    requests.push(req);
+                }
+                Err(reason) => {
+                    self.note_reasons(cluster, t, vec![reason]).await?;
+                    report.unplaced += 1;
+                }
+            }
+        }
+        if requests.is_empty() {
+            return Ok(report);
+        }
+        let (mut snapshot, instances) = snapshot_of(view);
+        let plan = snapshot.place(
+            &requests,
+            &PlaceOptions {
+                seed: self.config.seed ^ self.rounds,
+                ..Default::default()
+            },
+        );
+        let mut per_instance: BTreeMap<usize, Vec<&Placement>> = BTreeMap::new();
+        for p in &plan.placements {
+            per_instance.entry(p.instance_index).or_default().push(p);
+        }
+        for (idx, placements) in per_instance {
+            let ci = instances[idx];
+            if self.commit_instance(cluster, ci, &queued, &placements).await? {
+                report.placed += placements.len();
+            } else {
+                report.conflicts += 1;
+            }
+        }
+        for u in &plan.unplaced {
+            let t = queued[u.task_index];
+            let reasons = if u.reasons.is_empty() {
+                vec![u.summary()]
+            } else {
+                u.reasons
+                    .iter()
+                    .map(|(r, n)| format!("{r} on {n} instance{}", if *n == 1 { "" } else { "s" }))
+                    .collect()
+            };
+            self.note_reasons(cluster, t, reasons).await?;
+            report.unplaced += 1;
+        }
+        Ok(report)
+    }
+
+    /// One transaction: the instance loses the tasks' resources, the tasks
+    /// get the instance and their host ports, the queue entries go.
+    async fn commit_instance(
+        &mut self,
+        cluster: &str,
+        ci: &Cached<ContainerInstance>,
+        queued: &[&Cached<Task>],
+        placements: &[&Placement],
+    ) -> Result<bool, ControlError> {
+        let ikey = keys::instance(cluster, &ci.value.id);
+        let mut instance = ci.value.clone();
+        let mut txn = TxnRequest::new().when(Compare::mod_revision(&ikey, CmpOp::Equal, ci.mod_revision));
+        for p in placements {
+            let cached = queued[p.task_index];
+            let old = &cached.value;
+            let Some(td) = self.taskdef(&old.task_definition_arn).await? else {
+                continue;
+            };
+            let mut t = old.clone();
+            let mut dynamic = p.dynamic_ports.iter();
+            let mut containers = Vec::with_capacity(td.container_definitions.len());
+            for cd in &td.container_definitions {
+                let mut bindings = Vec::new();
+                for pm in &cd.port_mappings {
+                    let host = match pm.host_port.filter(|h| *h != 0) {
+                        Some(h) => Some(h),
+                        None if td.network_mode == berth_model::NetworkMode::Bridge => {
+                            dynamic.next().map(|(_, port)| *port)
+                        }
+                        None if td.network_mode == berth_model::NetworkMode::Host => Some(pm.container_port),
+                        None => None,
+                    };
+                    if let Some(host_port) = host {
+                        t.demand.ports.insert(pm.protocol, host_port);
+                        bindings.push(NetworkBinding {
+                            bind_ip: "0.0.0.0".into(),
+                            container_port: pm.container_port,
+                            host_port,
+                            protocol: pm.protocol,
+                        });
+                    }
+                }
+                let existing = old.containers.iter().find(|c| c.name == cd.name);
+                containers.push(Container {
+                    name: cd.name.clone(),
+                    image: cd.image.clone(),
+                    last_status: TaskStatus::Pending,
+                    exit_code: None,
+                    reason: None,
+                    runtime_id: existing.and_then(|c| c.runtime_id.clone()),
+                    network_bindings: bindings,
+                    health_status: Default::default(),
+                });
+            }
+            if td.network_mode == berth_model::NetworkMode::Awsvpc {
+                // One IP on an ENI bound to the task's security groups.
+                t.demand.enis = vec![berth_model::Eni {
+                    security_groups: security_groups(&cached.raw).into_iter().collect(),
+                    ips: 1,
+                }];
+            }
+            if instance.remaining.checked_sub_assign(&t.demand).is_err() {
+                // The engine planned from this very record; a shortfall means
+                // the view is stale. Skip the task; the next round replans it.
+                continue;
+            }
+            instance.pending_tasks_count += 1;
+            t.containers = containers;
+            t.container_instance = Some(ci.value.id.clone());
+            t.last_status = TaskStatus::Pending;
+            t.pending_reasons.clear();
+            t.version += 1;
+            let tkey = keys::task(cluster, &t.id);
+            txn = txn
+                .when(Compare::mod_revision(&tkey, CmpOp::Equal, cached.mod_revision))
+                .then(Op::put(&tkey, to_json(&t, &cached.raw)?))
+                .then(Op::delete(keys::pending(cluster, &t.id)));
+            for op in keys::task_index_ops(Some(old), Some(&t)) {
+                txn = txn.then(op);
+            }
+        }
+        txn = txn.then(Op::put(&ikey, to_json(&instance, &ci.raw)?));
+        Ok(self.store.txn(txn).await?.succeeded)
+    }
+
+    async fn note_reasons(&self, cluster: &str, t: &Cached<Task>, reasons: Vec<String>) -> Result<(), ControlError> {
+        if t.value.pending_reasons == reasons {
+            return Ok(());
+        }
+        let mut task = t.value.clone();
+        task.pending_reasons = reasons;
+        let key = keys::task(cluster, &task.id);
+        // A lost race means the task changed; the next round sees it.
+        self.store
+            .txn(
+                TxnRequest::new()
+                    .when(Compare::mod_revision(&key, CmpOp::Equal, t.mod_revision))
+                    .then(Op::put(&key, to_json(&task, &t.raw)?)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Runs until `shutdown` completes: load, plan, then plan again whenever
+    /// a task is queued or an instance changes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
+        tokio::pin!(shutdown);
+        loop {
+            let mut cache = Cache::load(self.store.as_ref()).await?;
+            let mut watch = self.store.watch(b"/", cache.revision + 1).await?;
+            let mut dirty = true;
+            loop {
+                if dirty {
+                    let r = self.round(&cache).await?;
+                    if r.placed + r.unplaced + r.conflicts > 0 {
+                        tracing::debug!(
+                            placed = r.placed,
+                            unplaced = r.unplaced,
+                            conflicts = r.conflicts,
+                            "launcher round"
+                        );
+                    }
+                    dirty = false;
+                }
+                let batch = tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    b = watch.next() => b,
+                };
+                match batch {
+                    Some(Ok(b)) => {
+                        let t = cache.apply(b.revision, &b.events);
+                        // The launcher does not count failures.
+                        cache.newly_stopped.clear();
+                        dirty |= t.pending || t.instances;
+                        // Fold in whatever else is already waiting before planning.
+                        while let Some(Some(Ok(b))) = futures::FutureExt::now_or_never(watch.next()) {
+                            let t = cache.apply(b.revision, &b.events);
+                            dirty |= t.pending || t.instances;
+                        }
+                    }
+                    Some(Err(StoreError::Compacted { .. })) | None => break,
+                    Some(Err(e)) => return Err(e.into()),
+                }
+            }
+            tracing::info!("launcher watch ended; reloading its view");
+        }
+    }
+}
+
+/// Counts the tasks waiting for placement in a cluster (for tests and status).
+pub async fn pending_count(store: &DynStore, cluster: &str) -> Result<u64, StoreError> {
+    Ok(store
+        .range(RangeRequest::prefix(keys::pending_in(cluster).as_bytes()).count_only())
+        .await?
+        .count)
+}

@@ -1,0 +1,54 @@
+//! Berth's controllers: loops that watch the store and drive it toward what
+//! users asked for: the task launcher, which places queued tasks with the
+//! pure scheduler and commits placements with optimistic concurrency, and
+//! the service reconciler, which keeps each service's desired count healthy
+//! through failures, draining and rolling deployments.
+//!
+//! Controllers talk only to the store (through `berth-server`'s key layout
+//! and record shapes) and to `berth-sched`; they must not serve the API,
+//! start containers or talk to agents. Several servers may each run them:
+//! every commit compares what it read, so racing controllers never
+//! over-commit, they only retry.
+//!
+//! # Layout
+//! - `cache`: the watch-fed view of instances, tasks and the pending queue.
+//! - `launcher`: planning rounds and their commits.
+//! - `reconcile`: the pure service planner; `services`: its shell.
+//! - `plan`: the `POST /v1/services/plan` dry run (`berth service plan`).
+//! - `targets`: registers service tasks in load balancer target groups and
+//!   drains them before they stop.
+//! - `lbfollow`: the load balancer data plane following the `/lb/` records.
+//! - `compactor`: bounds the journal's history to a retention window.
+//! - `leader`: lease-based leader election, so only one server runs the
+//!   reconciler, the target controller and the compactor at a time.
+
+mod cache;
+pub mod compactor;
+mod launcher;
+pub mod lbfollow;
+pub mod leader;
+mod plan;
+pub mod reconcile;
+mod records;
+mod services;
+pub mod targets;
+
+pub use cache::{Cache, Cached, ClusterView, Touched};
+pub use compactor::{Compactor, CompactorConfig};
+pub use launcher::{Launcher, LauncherConfig, RoundReport, pending_count};
+pub use lbfollow::LbFollower;
+pub use leader::{Elector, Leadership, run_as_leader};
+pub use plan::{PLAN_PATH, plan_router};
+pub use services::Reconciler;
+pub use targets::TargetController;
+
+/// Errors from the controllers.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] berth_store::StoreError),
+    #[error("cannot decode a stored record: {0}")]
+    Decode(String),
+    #[error("cannot encode a record: {0}")]
+    Encode(String),
+}

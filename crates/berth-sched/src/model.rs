@@ -1,0 +1,196 @@
+//! Conversions from `berth-model` records: instances with their running
+//! tasks, and task definitions as demand.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use berth_model::{ContainerInstance, NetworkMode, Task, TaskDefinition, TaskStatus};
+
+use crate::{Constraint, EniSlot, Instance, Scalars, SchedError, Snapshot, Strategy, TaskRequest};
+
+fn scalars(r: &berth_model::Resources) -> Scalars {
+    Scalars {
+        cpu: r.cpu,
+        memory_mib: r.memory_mib,
+        network_mbps: r.network_mbps,
+        gpus: r.gpus,
+    }
+}
+
+impl Instance {
+    /// From a registered container instance and the tasks placed on it that
+    /// still hold resources (every one not yet STOPPED): the free
+    /// resources, ports and ENI IPs are the registered ones minus those
+    /// tasks' demands, so the state never drifts from the tasks themselves.
+    pub fn from_model<'a>(ci: &ContainerInstance, tasks: impl IntoIterator<Item = &'a Task>) -> Instance {
+        let mut remaining = ci.registered.clone();
+        let mut groups: BTreeMap<String, u32> = BTreeMap::new();
+        for t in tasks {
+            if t.container_instance.as_deref() != Some(ci.id.as_str()) || t.last_status == TaskStatus::Stopped {
+                continue;
+            }
+            if remaining.checked_sub_assign(&t.demand).is_err() {
+                // The store over-committed this instance; count what fits
+                // rather than inventing capacity.
+                remaining.cpu = remaining.cpu.saturating_sub(t.demand.cpu);
+                remaining.memory_mib = remaining.memory_mib.saturating_sub(t.demand.memory_mib);
+                remaining.network_mbps = remaining.network_mbps.saturating_sub(t.demand.network_mbps);
+                remaining.gpus = remaining.gpus.saturating_sub(t.demand.gpus);
+                remaining.ports.tcp.extend(t.demand.ports.tcp.iter().copied());
+                remaining.ports.udp.extend(t.demand.ports.udp.iter().copied());
+            }
+            *groups.entry(t.group.clone().unwrap_or_default()).or_insert(0) += 1;
+        }
+        let enis = remaining
+            .enis
+            .iter()
+            .zip(&ci.registered.enis)
+            .map(|(now, reg)| EniSlot {
+                security_groups: now.security_groups.clone(),
+                free_ips: now.ips,
+                capacity: reg.ips,
+            })
+            .collect();
+        Instance {
+            id: ci.id.clone(),
+            total: scalars(&ci.registered),
+            remaining: scalars(&remaining),
+            attributes: ci.attributes.clone(),
+            status: ci.status,
+            agent_connected: ci.agent_connected,
+            port_range: ci.port_range,
+            used_ports: remaining.ports,
+            enis,
+            groups,
+        }
+    }
+}
+
+impl Snapshot {
+    /// The cluster as its registered instances and running tasks describe it.
+    pub fn from_model(instances: &[ContainerInstance], tasks: &[Task]) -> Snapshot {
+        let mut by_instance: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+        for t in tasks {
+            if let Some(ci) = t.container_instance.as_deref() {
+                by_instance.entry(ci).or_default().push(t);
+            }
+        }
+        Snapshot::new(
+            instances
+                .iter()
+                .map(|ci| Instance::from_model(ci, by_instance.get(ci.id.as_str()).into_iter().flatten().copied()))
+                .collect(),
+        )
+    }
+}
+
+impl TaskRequest {
+    /// One task of `td`: its demand (task-level or summed containers), its
+    /// static and dynamic host ports, and its placement constraints.
+    /// `awsvpc` tasks take an ENI IP with `security_groups`.
+    pub fn from_task_definition(
+        id: impl Into<String>,
+        td: &TaskDefinition,
+        group: impl Into<String>,
+        security_groups: &[String],
+    ) -> Result<TaskRequest, SchedError> {
+        let demand = td.demand();
+        let mut r = TaskRequest::new(id, scalars(&demand));
+        r.static_ports = demand.ports;
+        if td.network_mode != NetworkMode::Awsvpc {
+            for c in &td.container_definitions {
+                for pm in &c.port_mappings {
+                    if pm.host_port.unwrap_or(0) == 0 && td.network_mode == NetworkMode::Bridge {
+                        r.dynamic_ports.push(pm.protocol);
+                    }
+                }
+            }
+        } else {
+            r.static_ports = Default::default();
+            r.security_groups = Some(security_groups.iter().cloned().collect::<BTreeSet<_>>());
+        }
+        r.constraints = td
+            .placement_constraints
+            .iter()
+            .map(|c| Constraint::from_ecs(&c.kind, c.expression.as_deref()))
+            .collect::<Result<_, _>>()?;
+        r.group = group.into();
+        Ok(r)
+    }
+
+    /// Sets the strategy chain from ECS `placementStrategy` entries.
+    pub fn with_ecs_strategy(mut self, chain: &[berth_model::PlacementStrategy]) -> Result<Self, SchedError> {
+        self.strategy = chain
+            .iter()
+            .map(|s| Strategy::from_ecs(&s.kind, s.field.as_deref()))
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_model::{InstanceStatus, PortSet, Protocol, Resources};
+
+    fn td() -> TaskDefinition {
+        serde_json::from_str(
+            r#"{"family":"web","revision":1,"taskDefinitionArn":"x",
+                "containerDefinitions":[{"name":"app","image":"echo","cpu":256,"memory":512,
+                  "portMappings":[{"containerPort":8080,"hostPort":80},{"containerPort":9090},
+                                  {"containerPort":53,"protocol":"udp"}]}],
+                "placementConstraints":[{"type":"distinctInstance"}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn task_definition_becomes_a_request() {
+        let r = TaskRequest::from_task_definition("t-1", &td(), "service:web", &[]).unwrap();
+        assert_eq!(r.demand, Scalars::new(256, 512));
+        assert!(r.static_ports.contains(Protocol::Tcp, 80));
+        assert_eq!(r.dynamic_ports, vec![Protocol::Tcp, Protocol::Udp]);
+        assert_eq!(r.constraints, vec![Constraint::DistinctInstance]);
+        assert_eq!(r.group, "service:web");
+        let mut bad = td();
+        bad.placement_constraints[0].kind = "sameHost".into();
+        assert!(TaskRequest::from_task_definition("t", &bad, "g", &[]).is_err());
+    }
+
+    #[test]
+    fn instance_state_is_rebuilt_from_running_tasks() {
+        let mut registered = Resources::new(4096, 8192);
+        registered.enis = vec![berth_model::Eni {
+            security_groups: Default::default(),
+            ips: 3,
+        }];
+        let ci: ContainerInstance = serde_json::from_value(serde_json::json!({
+            "id": "i-1", "cluster": "default", "ec2InstanceId": "i-1", "status": "ACTIVE",
+            "agentConnected": true, "registered": registered, "remaining": registered,
+            "portRange": [32768, 61000], "registeredAt": 0.0
+        }))
+        .unwrap();
+        let mut demand = Resources::new(1024, 2048);
+        demand.ports = PortSet::default();
+        demand.ports.insert(Protocol::Tcp, 32768);
+        demand.enis = vec![berth_model::Eni {
+            security_groups: ["sg-1".to_string()].into(),
+            ips: 1,
+        }];
+        let task: Task = serde_json::from_value(serde_json::json!({
+            "id": "t-1", "taskArn": "a", "cluster": "default", "taskDefinitionArn": "td",
+            "containerInstance": "i-1", "lastStatus": "RUNNING", "desiredStatus": "RUNNING",
+            "demand": demand, "group": "service:web", "createdAt": 0.0
+        }))
+        .unwrap();
+        let mut stopped = task.clone();
+        stopped.last_status = TaskStatus::Stopped;
+        let s = Snapshot::from_model(std::slice::from_ref(&ci), &[task, stopped]);
+        let i = s.instance(0).unwrap();
+        assert_eq!(i.status, InstanceStatus::Active);
+        assert_eq!(i.remaining, Scalars::new(3072, 6144));
+        assert!(i.used_ports.contains(Protocol::Tcp, 32768));
+        assert_eq!(i.enis[0].free_ips, 2);
+        assert_eq!(i.enis[0].capacity, 3);
+        assert_eq!(i.groups.get("service:web"), Some(&1));
+    }
+}

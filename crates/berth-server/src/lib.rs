@@ -1,0 +1,38 @@
+//! Berth's control plane: the Amazon ECS JSON API (AWS JSON 1.1 on `POST /`,
+//! SigV4-authenticated) served over the [`berth_store::Store`], so aws-cli,
+//! boto3 and Terraform drive Berth unchanged. Later the controllers (task
+//! launcher, service reconciler, agent liveness) live here too.
+//!
+//! This crate records desired state and answers questions about it; it must
+//! not start containers (that is the agent's job) or decide placement (that
+//! is `berth-sched`'s).
+//!
+//! # Layout
+//! - `server`: the HTTP shell — routing, body limits, authentication, error
+//!   rendering; [`run`] serves a listener until shutdown.
+//! - `auth`: SigV4 verification against a shared-credentials file.
+//! - `ops`: one file per operation group (clusters, instances, task
+//!   definitions, tasks, services, attributes, tags).
+//! - [`keys`]: the store key layout and the task index maintenance every
+//!   writer of task records must use.
+//! - `query`: the subset of the ECS cluster query language used by filters
+//!   and `memberOf` constraints.
+//! - `events`: the server-sent-events stream of a cluster's changes.
+//! - [`bench`]: the HTTP load generator behind `berth server bench`.
+
+mod api;
+pub mod auth;
+pub mod bench;
+pub mod elb;
+mod error;
+mod events;
+pub mod keys;
+mod ops;
+mod query;
+mod server;
+
+pub use auth::{AccessKey, Auth, Credentials};
+pub use error::{ApiError, ServerError};
+pub use ops::OPERATIONS;
+pub use query::Query;
+pub use server::{ServerConfig, TARGET_PREFIX, no_delay, router, run};
