@@ -1,7 +1,8 @@
 //! The data plane following the store: builds a [`berth_lb::Config`] from
 //! the `/lb/` records (load balancers, target groups, registered targets)
 //! and applies it on every change, then reports the data plane's view back:
-//! each registered target's health (written only when it changes) and the
+//! each registered target's health (written only when it changes), when a
+//! draining target has no request left in flight (`drained`), and the
 //! address each listener is served on (`/lb/bound/...`, so port 0 works).
 //!
 //! [`lb_config`] is shared with the standalone `berth lb --server`, which
@@ -139,7 +140,8 @@ pub struct Report {
 /// What the data plane reports for the registered targets of `records`.
 pub fn report(lb: &Lb, records: &LbRecords) -> Report {
     let mut out = Report::default();
-    for s in lb.status() {
+    let status = lb.status();
+    for s in &status {
         let addr = s.addr.to_string();
         let registered = records
             .targets
@@ -149,6 +151,19 @@ pub fn report(lb: &Lb, records: &LbRecords) -> Report {
             out.health
                 .insert((s.group.clone(), addr), (s.state.to_string(), s.in_flight));
         }
+    }
+    // Draining targets: `drained` once the data plane holds no request for
+    // them (it lists a target while draining and drops it when idle). One
+    // it still lists in another state has not seen the change yet.
+    for (g, t) in records.targets.iter().filter(|(_, t)| t.state == "draining") {
+        let seen = status.iter().find(|s| s.group == *g && s.addr.to_string() == t.id);
+        let state = match seen {
+            None => ("drained".to_string(), 0),
+            Some(s) if s.state == "draining" && s.in_flight == 0 => ("drained".to_string(), 0),
+            Some(s) if s.state == "draining" => ("draining".to_string(), s.in_flight),
+            Some(_) => continue,
+        };
+        out.health.insert((g.clone(), t.id.clone()), state);
     }
     for l in &records.lbs {
         for p in &l.listeners {

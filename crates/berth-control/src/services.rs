@@ -240,7 +240,9 @@ impl Reconciler {
         self.failures.remove(&key);
         for (id, reason) in &plan.stop {
             if let Some(t) = tasks.iter().find(|t| &t.value.id == id) {
-                if !svc.value.load_balancers.is_empty() && t.value.last_status == TaskStatus::Running {
+                if !svc.value.load_balancers.is_empty()
+                    && (t.value.last_status == TaskStatus::Running || t.raw.contains_key(crate::targets::DEREGISTRATION))
+                {
                     // Deregister first: the target controller drains, then stops it.
                     self.mark_deregistration(cluster, t, reason).await?;
                 } else {

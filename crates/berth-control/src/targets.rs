@@ -9,8 +9,10 @@
 //! - The reconciler does not stop such a task itself: it marks it with
 //!   `berthDeregistration` (reason, time). This controller then turns its
 //!   targets to `draining` (the data plane stops sending new requests and
-//!   finishes the ones in flight) and, once the group's deregistration delay
-//!   has passed, sets the task's desiredStatus to STOPPED and removes the
+//!   finishes the ones in flight) and the task's lastStatus to DEACTIVATING.
+//!   Once the data plane reports every target `drained` (no request left in
+//!   flight), or at the latest when the group's deregistration delay has
+//!   passed, it sets the task's desiredStatus to STOPPED and removes the
 //!   targets in the same transaction.
 //! - Targets of tasks that stopped (or are stopping) on their own go at once.
 //! - The data plane's health of a task's targets is copied onto the task as
@@ -200,25 +202,35 @@ impl TargetController {
                     let reason = m.get("reason").and_then(Value::as_str).unwrap_or("Deregistered");
                     let mut deadline = at;
                     let mut registered = Vec::new();
+                    // Whether the data plane has finished every request on
+                    // every one of the task's targets.
+                    let mut drained = true;
                     for (g, a, delay) in &addrs {
                         let k = (g.clone(), a.clone());
                         if let Some((rec, rev)) = lb.targets.get(&k) {
                             wanted.insert(k.clone());
                             let until = at + delay;
                             deadline = deadline.max(until);
-                            registered.push((k, *rev));
+                            registered.push((k.clone(), *rev));
                             if rec.state != "draining" {
+                                drained = false;
                                 let mut r = rec.clone();
                                 r.state = "draining".into();
                                 r.drain_until = Some(until);
                                 self.put_target(g, a, &r, *rev).await?;
+                            } else if lb.health.get(&k).is_none_or(|(h, _)| h.state != "drained") {
+                                drained = false;
                             }
                         }
                     }
-                    if registered.is_empty() || now >= deadline {
+                    if registered.is_empty() || drained || now >= deadline {
                         self.stop_task(cname, t, reason, "ServiceSchedulerInitiated", &registered, lb)
                             .await?;
                     } else {
+                        if t.value.last_status == TaskStatus::Running {
+                            // ECS shows a task leaving its target groups as DEACTIVATING.
+                            self.mark_deactivating(cname, t).await?;
+                        }
                         wake = Some(wake.map_or(deadline, |w: f64| w.min(deadline)));
                     }
                     continue;
@@ -294,6 +306,21 @@ impl TargetController {
         if rev == 0 || rec.state == "registered" {
             // A fresh registration starts from `initial`, not an old health record.
             txn = txn.then(Op::delete(keys::target_health(group, addr)));
+        }
+        self.store.txn(txn).await?;
+        Ok(())
+    }
+
+    async fn mark_deactivating(&self, cluster: &str, t: &Cached<Task>) -> Result<(), ControlError> {
+        let mut task = t.value.clone();
+        task.last_status = TaskStatus::Deactivating;
+        task.version += 1;
+        let tkey = keys::task(cluster, &task.id);
+        let mut txn = TxnRequest::new()
+            .when(Compare::mod_revision(&tkey, CmpOp::Equal, t.mod_revision))
+            .then(Op::put(&tkey, to_json(&task, &t.raw)?));
+        for op in keys::task_index_ops(Some(&t.value), Some(&task)) {
+            txn = txn.then(op);
         }
         self.store.txn(txn).await?;
         Ok(())

@@ -393,7 +393,9 @@ fn merge_state(t: &mut Task, change: &TaskStateChange) -> bool {
 /// Moves the instance's counters and resources for a task going from `old`
 /// to `new` status.
 fn account(ci: &mut ContainerInstance, t: &Task, old: TaskStatus, new: TaskStatus) {
-    let was_running = old == TaskStatus::Running;
+    // RUNNING and the states a running task passes on its way out
+    // (DEACTIVATING while it leaves its target groups, STOPPING).
+    let was_running = old >= TaskStatus::Running;
     if new == TaskStatus::Stopped && old != TaskStatus::Stopped {
         if was_running {
             ci.running_tasks_count = ci.running_tasks_count.saturating_sub(1);

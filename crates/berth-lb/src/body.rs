@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body_util::Limited;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::h1::RawBody;
 use crate::pool::Lease;
 use crate::proxy::BoxError;
 use crate::state::InFlight;
@@ -57,7 +58,9 @@ impl Body for UpstreamBody {
 pub(crate) struct Hold {
     pub _target: InFlight,
     pub _group: crate::proxy::GroupInFlight,
-    pub _lease: Lease,
+    /// The hyper client's pooled connection (the lean path's connection
+    /// lives in its body).
+    pub _lease: Option<Lease>,
 }
 
 /// A response body on its way to the client.
@@ -66,6 +69,8 @@ pub(crate) enum RespBody {
     Full(Option<Bytes>),
     /// A target's answer, streamed.
     Upstream { body: Incoming, _hold: Hold },
+    /// A target's answer on the lean path, streamed.
+    Raw { body: RawBody, _hold: Hold },
 }
 
 impl RespBody {
@@ -76,12 +81,13 @@ impl RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            RespBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            RespBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            RespBody::Raw { body, .. } => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -89,6 +95,7 @@ impl Body for RespBody {
         match self {
             RespBody::Full(b) => b.is_none(),
             RespBody::Upstream { body, .. } => body.is_end_stream(),
+            RespBody::Raw { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -96,6 +103,7 @@ impl Body for RespBody {
         match self {
             RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RespBody::Upstream { body, .. } => body.size_hint(),
+            RespBody::Raw { body, .. } => body.size_hint(),
         }
     }
 }

@@ -160,6 +160,7 @@ impl Lb {
             .timer(TokioTimer::new())
             .header_read_timeout(s.header_read_timeout)
             .max_buf_size(s.max_header_bytes.max(8192))
+            .writev(false)
             .keep_alive(true);
         builder
             .http2()

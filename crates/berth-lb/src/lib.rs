@@ -24,8 +24,9 @@
 //!   (selection), `health` (check thresholds), `outlier` (ejection), `budget`
 //!   (retry budget and retry decisions).
 //! - The shell: `state` (runtime state behind a config), `proxy` (forwarding
-//!   one request), `body` (request and response bodies), `pool` (keep-alive
-//!   connections to targets), `checker` (health probes), `lb` (the [`Lb`]
+//!   one request), `body` (request and response bodies), `h1` (the lean
+//!   HTTP/1.1 path to targets for requests with in-memory bodies), `pool`
+//!   (hyper's keep-alive connections, for streamed request bodies), `checker` (health probes), `lb` (the [`Lb`]
 //!   handle and its listeners), `threads` (thread-per-core listeners),
 //!   `metrics` (sharded counters, Prometheus text).
 //! - [`loadgen`]: an HTTP/1.1 keep-alive load generator (`berth bench`).
@@ -38,6 +39,7 @@ mod budget;
 mod checker;
 mod config;
 mod error;
+mod h1;
 pub mod harness;
 mod health;
 mod lb;

@@ -26,12 +26,16 @@ pub(crate) enum SendError {
     NotSent(String),
     /// The connection failed after the request may have been sent.
     Broken(hyper::Error),
+    /// The same, on the lean path ([`crate::h1`]).
+    Failed(String),
 }
 
 type Sender = SendRequest<UpstreamBody>;
 
 #[derive(Debug)]
 pub(crate) struct Pool {
+    /// The lean path's connections ([`crate::h1`]).
+    pub raw: Arc<crate::h1::RawPool>,
     idle: Mutex<HashMap<SocketAddr, Vec<Sender>>>,
     max_idle: usize,
     connect_timeout: Duration,
@@ -62,6 +66,7 @@ impl Drop for Lease {
 impl Pool {
     pub fn new(max_idle: usize, connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
+            raw: crate::h1::RawPool::new(max_idle, connect_timeout),
             idle: Mutex::new(HashMap::new()),
             max_idle,
             connect_timeout,
@@ -80,6 +85,7 @@ impl Pool {
         };
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::NotSent(format!("handshake {addr}: {e}")))?;

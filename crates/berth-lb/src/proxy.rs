@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::Client;
@@ -22,7 +22,8 @@ use crate::budget::{Attempt, is_idempotent, retryable};
 use crate::config::ProxySettings;
 use crate::metrics::ErrorKind;
 use crate::outlier::Outcome;
-use crate::pool::{Pool, SendError};
+use crate::h1::{Framing, RawBody, RawPool};
+use crate::pool::{Lease, Pool, SendError};
 use crate::state::{Group, InFlight, Routing};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -76,6 +77,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the (few) names is cheaper
+    // than a hashed removal per hop-by-hop name.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -155,6 +161,73 @@ fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// A target's response head, from either path.
+enum Answer {
+    Hyper(Response<Incoming>, Lease),
+    Raw(http::response::Parts, Framing, crate::h1::Conn),
+}
+
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Answer::Hyper(r, _) => r.status(),
+            Answer::Raw(p, _, _) => p.status,
+        }
+    }
+
+    /// Reads a small discarded body so that its connection can be reused.
+    async fn discard(self, raw: &Arc<RawPool>, addr: SocketAddr) {
+        let limit = std::time::Duration::from_millis(100);
+        match self {
+            Answer::Hyper(resp, lease) => {
+                let _ = tokio::time::timeout(limit, resp.into_body().collect()).await;
+                drop(lease);
+            }
+            Answer::Raw(p, framing, conn) => {
+                let body = RawBody::new(conn, framing, reusable(&p), raw.clone(), addr);
+                let _ = tokio::time::timeout(limit, body.discard(64 * 1024)).await;
+            }
+        }
+    }
+
+    fn into_response(
+        self,
+        raw: &Arc<RawPool>,
+        addr: SocketAddr,
+        target: InFlight,
+        group: GroupInFlight,
+    ) -> Response<RespBody> {
+        match self {
+            Answer::Hyper(resp, lease) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                let _hold = Hold {
+                    _target: target,
+                    _group: group,
+                    _lease: Some(lease),
+                };
+                Response::from_parts(rparts, RespBody::Upstream { body: rbody, _hold })
+            }
+            Answer::Raw(mut p, framing, conn) => {
+                let body = RawBody::new(conn, framing, reusable(&p), raw.clone(), addr);
+                strip_hop_by_hop(&mut p.headers);
+                p.version = Version::HTTP_11;
+                let _hold = Hold {
+                    _target: target,
+                    _group: group,
+                    _lease: None,
+                };
+                Response::from_parts(p, RespBody::Raw { body, _hold })
+            }
+        }
+    }
+}
+
+/// Whether a lean-path response leaves its connection open.
+fn reusable(p: &http::response::Parts) -> bool {
+    p.headers.get(header::CONNECTION).is_none_or(|v| v != "close")
+}
+
 /// Serves one client request on `listener`.
 pub(crate) async fn handle(
     routing: &RwLock<Arc<Routing>>,
@@ -227,6 +300,10 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let headers = forward_headers(&parts, client);
+    // The lean path takes requests whose body is in memory, unless they
+    // expect an interim 100 (hyper's client handles those) or tunnel.
+    let lean = parts.method != Method::CONNECT && !parts.headers.contains_key(header::EXPECT);
     let cfg = &group.cfg;
     // Targets this request failed on; attempts beyond its size are not made.
     let mut tried_buf = [usize::MAX; 16];
@@ -271,33 +348,50 @@ async fn forward(
         let target = &guard.0;
         target.counters.request();
         let replayable = matches!(payload, Payload::Replay(_));
-        let body = match &mut payload {
-            Payload::Replay(b) => UpstreamBody::full(b.clone()),
-            Payload::Stream(s) => match s.take() {
-                Some(s) => UpstreamBody::Stream(s),
-                None => break,
-            },
-        };
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(target.authority.clone())
-            .path_and_query(path.clone())
-            .build();
-        let Ok(uri) = uri else {
-            return finish_err(
-                StatusCode::BAD_REQUEST,
-                ErrorKind::Broken,
-                "berth-lb: bad request target",
-            );
-        };
-        let mut up = Request::new(body);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = forward_headers(&parts, client);
-
         let sent = now;
-        let result = tokio::time::timeout(cfg.request_timeout, pool.send(target.addr, up)).await;
+        let result = match &payload {
+            Payload::Replay(b) if lean => {
+                let out = crate::h1::Outgoing {
+                    resend: idempotent,
+                    method: &parts.method,
+                    path: &path,
+                    headers: &headers,
+                    body: b,
+                };
+                tokio::time::timeout(cfg.request_timeout, pool.raw.send(target.addr, &out))
+                    .await
+                    .map(|r| r.map(|(head, framing, conn)| Answer::Raw(head, framing, conn)))
+            }
+            _ => {
+                let body = match &mut payload {
+                    Payload::Replay(b) => UpstreamBody::full(b.clone()),
+                    Payload::Stream(s) => match s.take() {
+                        Some(s) => UpstreamBody::Stream(s),
+                        None => break,
+                    },
+                };
+                let uri = Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(target.authority.clone())
+                    .path_and_query(path.clone())
+                    .build();
+                let Ok(uri) = uri else {
+                    return finish_err(
+                        StatusCode::BAD_REQUEST,
+                        ErrorKind::Broken,
+                        "berth-lb: bad request target",
+                    );
+                };
+                let mut up = Request::new(body);
+                *up.method_mut() = parts.method.clone();
+                *up.uri_mut() = uri;
+                *up.version_mut() = Version::HTTP_11;
+                *up.headers_mut() = headers.clone();
+                tokio::time::timeout(cfg.request_timeout, pool.send(target.addr, up))
+                    .await
+                    .map(|r| r.map(|(resp, lease)| Answer::Hyper(resp, lease)))
+            }
+        };
         now = Instant::now();
         let can_retry = |a: Attempt| attempt + 1 < cfg.max_attempts && retryable(a, idempotent, replayable);
         let spend = || {
@@ -306,8 +400,8 @@ async fn forward(
             ok
         };
         match result {
-            Ok(Ok((resp, lease))) => {
-                let status = resp.status().as_u16();
+            Ok(Ok(answer)) => {
+                let status = answer.status().as_u16();
                 target.counters.response(status, now - sent);
                 let outcome = if status >= 500 {
                     Outcome::ServerError
@@ -318,21 +412,12 @@ async fn forward(
                 if status >= 500 && can_retry(Attempt::Status(status)) && spend() {
                     // Read the (small) error body so that the connection
                     // goes back to the pool, then let go of the target.
-                    let _ =
-                        tokio::time::timeout(std::time::Duration::from_millis(100), resp.into_body().collect()).await;
-                    drop(lease);
+                    answer.discard(&pool.raw, target.addr).await;
                     drop(guard);
                     continue;
                 }
                 shared.counters.response(status, started.elapsed());
-                let (mut rparts, rbody) = resp.into_parts();
-                strip_hop_by_hop(&mut rparts.headers);
-                let _hold = Hold {
-                    _target: guard,
-                    _group: group_guard,
-                    _lease: lease,
-                };
-                return Response::from_parts(rparts, RespBody::Upstream { body: rbody, _hold });
+                return answer.into_response(&pool.raw, target.addr, guard, group_guard);
             }
             Ok(Err(e)) => {
                 let (a, kind, e) = match e {
@@ -344,6 +429,7 @@ async fn forward(
                         }
                         (Attempt::Broken, ErrorKind::Broken, e.to_string())
                     }
+                    SendError::Failed(e) => (Attempt::Broken, ErrorKind::Broken, e),
                 };
                 tracing::debug!(target = %target.addr, error = %e, "attempt failed");
                 target.counters.error(kind);

@@ -390,37 +390,34 @@ async fn delete_load_balancer(api: &Api, body: &Value) -> Result<Value, ApiError
 }
 
 /// Targets of a group with their health, as DescribeTargetHealth (and
-/// DescribeServices) show them.
+/// DescribeServices, under each load balancer) show them.
 pub(crate) async fn targets_with_health(api: &Api, group: &str) -> Result<Vec<Value>, ApiError> {
     let targets = list::<TargetRecord>(api, &keys::targets_of(group)).await?;
-    let health = list::<TargetHealthRecord>(api, &format!("{}{group}/", keys::TARGET_HEALTH)).await?;
-    let health_resp = api
-        .store
-        .range(RangeRequest::prefix(
-            format!("{}{group}/", keys::TARGET_HEALTH).as_bytes(),
-        ))
-        .await?;
+    let prefix = format!("{}{group}/", keys::TARGET_HEALTH);
+    let mut health = std::collections::HashMap::new();
+    for kv in api.store.range(RangeRequest::prefix(prefix.as_bytes())).await?.kvs {
+        let h = decode::<TargetHealthRecord>(&kv)?;
+        if let Some(addr) = std::str::from_utf8(&kv.key).ok().and_then(|k| k.strip_prefix(&prefix)) {
+            health.insert(addr.to_string(), h.value);
+        }
+    }
     let mut out = Vec::new();
     for (t, _) in targets {
-        let h = health_resp
-            .kvs
-            .iter()
-            .position(|kv| kv.key.as_ref() == keys::target_health(group, &t.id).as_bytes())
-            .and_then(|i| health.get(i))
-            .map(|(h, _)| h.clone());
+        let h = health.get(&t.id);
         let state = if t.state == "draining" {
             "draining".to_string()
         } else {
-            h.as_ref().map_or_else(|| "initial".to_string(), |h| h.state.clone())
+            h.map_or_else(|| "initial".to_string(), |h| h.state.clone())
         };
         out.push(json!({
             "targetGroup": group,
             "id": t.id,
             "taskArn": t.task_arn,
+            "cluster": t.cluster,
             "service": t.service,
             "state": state,
-            "health": h.as_ref().map(|h| h.state.clone()),
-            "inFlight": h.as_ref().map(|h| h.in_flight),
+            "health": h.map(|h| h.state.clone()),
+            "inFlight": h.map(|h| h.in_flight),
             "drainUntil": t.drain_until,
         }));
     }

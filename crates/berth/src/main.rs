@@ -4,6 +4,12 @@
 
 mod cmd;
 
+/// mimalloc: the proxy and the API allocate many small, short-lived buffers
+/// per request, which it serves from thread-local pages (measured with
+/// `berth lb bench`, see docs/lb.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]

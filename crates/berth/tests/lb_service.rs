@@ -394,6 +394,97 @@ async fn service_behind_lb_survives_kill_and_rolling_deployment() {
     teardown(&api, cluster, dir.path(), &["web"]).await;
 }
 
+/// Scaling in a service behind the LB: the task leaving is DEACTIVATING
+/// while its target drains, the request it was serving completes, and it
+/// stops as soon as nothing is in flight, long before the group's
+/// deregistration delay. DescribeServices shows the targets' health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_ends_when_in_flight_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reap = Reap(dir.path().to_path_buf());
+    let cluster = cluster(dir.path(), 2).await;
+    let api = Api {
+        http: reqwest::Client::new(),
+        url: cluster.url.clone(),
+    };
+    setup(&api, 2).await;
+    register(&api, "drain", json!([])).await;
+    let v = api
+        .elb(
+            "CreateTargetGroup",
+            json!({"targetGroupName": "drain", "deregistrationDelaySeconds": 600, "requestTimeoutSeconds": 60,
+                   "healthCheck": {"path": "/health", "intervalSeconds": 1, "timeoutSeconds": 1,
+                                   "healthyThreshold": 2, "unhealthyThreshold": 2}}),
+        )
+        .await;
+    let arn = v["targetGroups"][0]["targetGroupArn"].as_str().unwrap().to_string();
+    api.ecs(
+        "CreateService",
+        json!({"serviceName": "drain", "taskDefinition": "drain", "desiredCount": 2,
+               "loadBalancers": [{"targetGroupArn": arn, "containerName": "app", "containerPort": 8080}]}),
+    )
+    .await;
+    let addr = load_balancer(&api, "front", "drain").await;
+    wait_healthy(&api, "drain", 2).await;
+
+    // DescribeServices lists the service's targets and their health.
+    let d = api.ecs("DescribeServices", json!({"services": ["drain"]})).await;
+    let th = d["services"][0]["loadBalancers"][0]["targetHealth"].as_array().cloned().unwrap();
+    assert_eq!(th.len(), 2, "{th:?}");
+    assert!(th.iter().all(|t| t["state"] == "healthy" && t["taskArn"].is_string()), "{th:?}");
+
+    // Slow requests in flight on both targets.
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let r = reqwest::get(format!("http://{addr}/slow/6000")).await.unwrap();
+                r.status().as_u16()
+            })
+        })
+        .collect();
+    wait("requests in flight on both targets", 30, || async {
+        let st = cluster.lb.status();
+        let busy = st.iter().filter(|s| s.group == "drain" && s.in_flight > 0).count();
+        (busy == 2).then_some(())
+    })
+    .await;
+
+    api.ecs("UpdateService", json!({"service": "drain", "desiredCount": 1}))
+        .await;
+    let leaving = wait("a task to be DEACTIVATING", 30, || async {
+        let l = api.ecs("ListTasks", json!({"serviceName": "drain"})).await;
+        let d = api.ecs("DescribeTasks", json!({"tasks": l["taskArns"]})).await;
+        d["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["lastStatus"] == "DEACTIVATING")
+            .map(|t| t["taskArn"].as_str().unwrap().to_string())
+    })
+    .await;
+    let draining = api.targets("drain").await;
+    assert!(
+        draining
+            .iter()
+            .any(|t| t["taskArn"] == leaving.as_str() && t["state"] == "draining"),
+        "{draining:?}"
+    );
+    // In-flight requests on the draining target complete.
+    for h in slow {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    // Then the task stops: the 600 s deregistration delay is not waited out.
+    wait("the drained task to stop", 60, || async {
+        let d = api.ecs("DescribeTasks", json!({"tasks": [leaving]})).await;
+        (d["tasks"][0]["lastStatus"] == "STOPPED").then_some(())
+    })
+    .await;
+    let left = api.targets("drain").await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_ne!(left[0]["taskArn"], leaving.as_str());
+    teardown(&api, cluster, dir.path(), &["drain"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_backend_is_ejected_and_malformed_requests_get_400() {
     let dir = tempfile::tempdir().unwrap();

@@ -87,6 +87,29 @@ fn render(api: &Api, raw: &Map<String, Value>, svc: &Service, tags: Option<&[Tag
     v
 }
 
+/// Berth extension: each `loadBalancers[i]` with a target group also lists
+/// the service's targets in it and their health (`targetHealth`), as
+/// DescribeTargetHealth reports them.
+async fn add_target_health(api: &Api, v: &mut Value, svc: &Service) -> Result<(), ApiError> {
+    let Some(entries) = v.get_mut("loadBalancers").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    let cluster = svc.cluster_arn.rsplit('/').next().unwrap_or_default();
+    for (entry, lb) in entries.iter_mut().zip(&svc.load_balancers) {
+        let Some(arn) = &lb.target_group_arn else { continue };
+        let group = crate::elb::target_group_name(arn);
+        let mine: Vec<Value> = crate::elb::targets_with_health(api, group)
+            .await?
+            .into_iter()
+            .filter(|t| t["service"] == svc.service_name.as_str() && t["cluster"] == cluster)
+            .collect();
+        if let Some(o) = entry.as_object_mut() {
+            o.insert("targetHealth".into(), Value::Array(mine));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a service's `loadBalancers` against the task definition and the
 /// stored target groups, and stores each group's ARN (given by ARN or name).
 async fn check_load_balancers(
@@ -414,7 +437,9 @@ pub(crate) async fn describe(api: &Api, body: &Value) -> Result<Value, ApiError>
                 } else {
                     None
                 };
-                out.push(render(api, &st.raw, &st.value, tags.as_deref()));
+                let mut v = render(api, &st.raw, &st.value, tags.as_deref());
+                add_target_health(api, &mut v, &st.value).await?;
+                out.push(v);
             }
             None => failures.push(failure(
                 &api.arn(ResourceType::Service, format!("{cname}/{name}")),
