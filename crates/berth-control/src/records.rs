@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 
-use berth_model::TaskDefinition;
+use berth_model::{Task, TaskDefinition};
 use berth_server::keys;
-use berth_store::DynStore;
+use berth_store::{CmpOp, Compare, DynStore, Op, TxnRequest};
 use serde_json::{Map, Value};
 
 use crate::ControlError;
+use crate::cache::Cached;
 
 /// JSON of `v`, keeping the members of `extras` the model does not carry.
 pub(crate) fn to_json(v: &impl serde::Serialize, extras: &Map<String, Value>) -> Result<Vec<u8>, ControlError> {
@@ -20,6 +21,20 @@ pub(crate) fn to_json(v: &impl serde::Serialize, extras: &Map<String, Value>) ->
         }
     }
     serde_json::to_vec(&out).map_err(|e| ControlError::Encode(e.to_string()))
+}
+
+/// A transaction that replaces task `old` (as cached) with `new`, only if
+/// the stored task is still the one cached, keeping its extra members and
+/// the ListTasks indexes in step.
+pub(crate) fn task_write(cluster: &str, old: &Cached<Task>, new: &Task) -> Result<TxnRequest, ControlError> {
+    let key = keys::task(cluster, &new.id);
+    let mut txn = TxnRequest::new()
+        .when(Compare::mod_revision(&key, CmpOp::Equal, old.mod_revision))
+        .then(Op::put(&key, to_json(new, &old.raw)?));
+    for op in keys::task_index_ops(Some(&old.value), Some(new)) {
+        txn = txn.then(op);
+    }
+    Ok(txn)
 }
 
 /// The `family` and `revision` of a task definition ARN.

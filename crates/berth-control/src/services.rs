@@ -241,7 +241,8 @@ impl Reconciler {
         for (id, reason) in &plan.stop {
             if let Some(t) = tasks.iter().find(|t| &t.value.id == id) {
                 if !svc.value.load_balancers.is_empty()
-                    && (t.value.last_status == TaskStatus::Running || t.raw.contains_key(crate::targets::DEREGISTRATION))
+                    && (t.value.last_status == TaskStatus::Running
+                        || t.raw.contains_key(crate::targets::DEREGISTRATION))
                 {
                     // Deregister first: the target controller drains, then stops it.
                     self.mark_deregistration(cluster, t, reason).await?;
@@ -288,13 +289,7 @@ impl Reconciler {
             }
         }
         task.version += 1;
-        let tkey = keys::task(cluster, &task.id);
-        let mut txn = TxnRequest::new()
-            .when(Compare::mod_revision(&tkey, CmpOp::Equal, t.mod_revision))
-            .then(Op::put(&tkey, to_json(&task, &t.raw)?));
-        for op in keys::task_index_ops(Some(&t.value), Some(&task)) {
-            txn = txn.then(op);
-        }
+        let mut txn = crate::records::task_write(cluster, t, &task)?;
         if unplaced {
             txn = txn.then(Op::delete(keys::pending(cluster, &task.id)));
         }

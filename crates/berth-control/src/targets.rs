@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 
 use crate::ControlError;
 use crate::cache::{Cache, Cached};
-use crate::records::{TaskDefs, to_json};
+use crate::records::{TaskDefs, task_write, to_json};
 use crate::services::now;
 
 /// The task member the reconciler sets instead of stopping an LB-registered task.
@@ -315,14 +315,7 @@ impl TargetController {
         let mut task = t.value.clone();
         task.last_status = TaskStatus::Deactivating;
         task.version += 1;
-        let tkey = keys::task(cluster, &task.id);
-        let mut txn = TxnRequest::new()
-            .when(Compare::mod_revision(&tkey, CmpOp::Equal, t.mod_revision))
-            .then(Op::put(&tkey, to_json(&task, &t.raw)?));
-        for op in keys::task_index_ops(Some(&t.value), Some(&task)) {
-            txn = txn.then(op);
-        }
-        self.store.txn(txn).await?;
+        self.store.txn(task_write(cluster, t, &task)?).await?;
         Ok(())
     }
 
@@ -343,13 +336,7 @@ impl TargetController {
         task.stop_code.get_or_insert_with(|| code.to_string());
         task.stopped_reason.get_or_insert_with(|| reason.to_string());
         task.version += 1;
-        let tkey = keys::task(cluster, &task.id);
-        let mut txn = TxnRequest::new()
-            .when(Compare::mod_revision(&tkey, CmpOp::Equal, t.mod_revision))
-            .then(Op::put(&tkey, to_json(&task, &t.raw)?));
-        for op in keys::task_index_ops(Some(&t.value), Some(&task)) {
-            txn = txn.then(op);
-        }
+        let mut txn = task_write(cluster, t, &task)?;
         for ((g, a), rev) in targets {
             let key = keys::target(g, a);
             txn = txn

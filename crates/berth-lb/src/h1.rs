@@ -116,12 +116,7 @@ impl RawPool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Conn, SendError> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(SendError::NotSent(format!("connect {addr}: {e}"))),
-            Err(_) => return Err(SendError::NotSent(format!("connect {addr}: timed out"))),
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = crate::pool::connect(addr, self.connect_timeout).await?;
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
@@ -139,16 +134,18 @@ impl RawPool {
         // A pooled connection first; one that fails before any response
         // byte came back had been closed by the target: the request never
         // reached it, so a fresh connection is tried.
-        if let Some(mut conn) = self.take(addr) {
-            if conn.stream.write_all(&wire).await.is_ok() {
-                match read_head(&mut conn, req.method).await {
-                    Ok((parts, framing)) => return Ok((parts, framing, conn)),
-                    Err(HeadError::Closed) if req.resend => {}
-                    Err(HeadError::Closed) => {
-                        return Err(SendError::Failed(format!("{addr}: connection closed before the response")));
-                    }
-                    Err(HeadError::Failed(e)) => return Err(SendError::Failed(format!("{addr}: {e}"))),
+        if let Some(mut conn) = self.take(addr)
+            && conn.stream.write_all(&wire).await.is_ok()
+        {
+            match read_head(&mut conn, req.method).await {
+                Ok((parts, framing)) => return Ok((parts, framing, conn)),
+                Err(HeadError::Closed) if req.resend => {}
+                Err(HeadError::Closed) => {
+                    return Err(SendError::Failed(format!(
+                        "{addr}: connection closed before the response"
+                    )));
                 }
+                Err(HeadError::Failed(e)) => return Err(SendError::Failed(format!("{addr}: {e}"))),
             }
         }
         let mut conn = self.connect(addr).await?;
@@ -157,7 +154,9 @@ impl RawPool {
         }
         match read_head(&mut conn, req.method).await {
             Ok((parts, framing)) => Ok((parts, framing, conn)),
-            Err(HeadError::Closed) => Err(SendError::Failed(format!("{addr}: connection closed before the response"))),
+            Err(HeadError::Closed) => Err(SendError::Failed(format!(
+                "{addr}: connection closed before the response"
+            ))),
             Err(HeadError::Failed(e)) => Err(SendError::Failed(format!("{addr}: {e}"))),
         }
     }
@@ -295,16 +294,16 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<(http::response
             }
             headers.append(name, value);
         }
-        let framing = if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
-        {
-            Framing::Empty
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
-            if chunked { Framing::Chunked } else { Framing::Close }
-        } else if let Some(n) = length {
-            if n == 0 { Framing::Empty } else { Framing::Length(n) }
-        } else {
-            Framing::Close
-        };
+        let framing =
+            if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+                Framing::Empty
+            } else if headers.contains_key(header::TRANSFER_ENCODING) {
+                if chunked { Framing::Chunked } else { Framing::Close }
+            } else if let Some(n) = length {
+                if n == 0 { Framing::Empty } else { Framing::Length(n) }
+            } else {
+                Framing::Close
+            };
         if framing == Framing::Close {
             close = true;
         }
@@ -617,7 +616,9 @@ mod tests {
                 let (mut s, _) = l.accept().await.unwrap();
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf).await.unwrap();
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
                 // Then the target closes the idle connection.
             }
         });

@@ -63,6 +63,17 @@ impl Drop for Lease {
     }
 }
 
+/// A new TCP connection to a target, with `TCP_NODELAY`.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, SendError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(SendError::NotSent(format!("connect {addr}: {e}"))),
+        Err(_) => return Err(SendError::NotSent(format!("connect {addr}: timed out"))),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 impl Pool {
     pub fn new(max_idle: usize, connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
@@ -78,12 +89,7 @@ impl Pool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Sender, SendError> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(SendError::NotSent(format!("connect {addr}: {e}"))),
-            Err(_) => return Err(SendError::NotSent(format!("connect {addr}: timed out"))),
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = connect(addr, self.connect_timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .writev(false)
             .handshake(TokioIo::new(stream))

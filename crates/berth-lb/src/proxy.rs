@@ -20,9 +20,9 @@ use crate::balance::{Candidate, pick};
 use crate::body::{Hold, RespBody, UpstreamBody};
 use crate::budget::{Attempt, is_idempotent, retryable};
 use crate::config::ProxySettings;
+use crate::h1::{Framing, RawBody, RawPool};
 use crate::metrics::ErrorKind;
 use crate::outlier::Outcome;
-use crate::h1::{Framing, RawBody, RawPool};
 use crate::pool::{Lease, Pool, SendError};
 use crate::state::{Group, InFlight, Routing};
 

@@ -429,9 +429,15 @@ async fn draining_ends_when_in_flight_requests_finish() {
 
     // DescribeServices lists the service's targets and their health.
     let d = api.ecs("DescribeServices", json!({"services": ["drain"]})).await;
-    let th = d["services"][0]["loadBalancers"][0]["targetHealth"].as_array().cloned().unwrap();
+    let th = d["services"][0]["loadBalancers"][0]["targetHealth"]
+        .as_array()
+        .cloned()
+        .unwrap();
     assert_eq!(th.len(), 2, "{th:?}");
-    assert!(th.iter().all(|t| t["state"] == "healthy" && t["taskArn"].is_string()), "{th:?}");
+    assert!(
+        th.iter().all(|t| t["state"] == "healthy" && t["taskArn"].is_string()),
+        "{th:?}"
+    );
 
     // Slow requests in flight on both targets.
     let slow: Vec<_> = (0..4)
