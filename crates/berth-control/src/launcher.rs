@@ -21,7 +21,6 @@ use berth_model::{Container, ContainerInstance, NetworkBinding, Task, TaskDefini
 use berth_sched::{Instance, PlaceOptions, Placement, Scalars, Snapshot, Strategy, TaskRequest};
 use berth_server::keys;
 use berth_store::{CmpOp, Compare, DynStore, Op, RangeRequest, StoreError, TxnRequest};
-use futures::StreamExt;
 use serde_json::Value;
 
 use crate::ControlError;
@@ -340,47 +339,37 @@ impl Launcher {
 
     /// Runs until `shutdown` completes: load, plan, then plan again whenever
     /// a task is queued or an instance changes.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
-        tokio::pin!(shutdown);
-        loop {
-            let mut cache = Cache::load(self.store.as_ref()).await?;
-            let mut watch = self.store.watch(b"/", cache.revision + 1).await?;
-            let mut dirty = true;
-            loop {
-                if dirty {
-                    let r = self.round(&cache).await?;
-                    if r.placed + r.unplaced + r.conflicts > 0 {
-                        tracing::debug!(
-                            placed = r.placed,
-                            unplaced = r.unplaced,
-                            conflicts = r.conflicts,
-                            "launcher round"
-                        );
-                    }
-                    dirty = false;
-                }
-                let batch = tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    b = watch.next() => b,
-                };
-                match batch {
-                    Some(Ok(b)) => {
-                        let t = cache.apply(b.revision, &b.events);
-                        // The launcher does not count failures.
-                        cache.newly_stopped.clear();
-                        dirty |= t.pending || t.instances;
-                        // Fold in whatever else is already waiting before planning.
-                        while let Some(Some(Ok(b))) = futures::FutureExt::now_or_never(watch.next()) {
-                            let t = cache.apply(b.revision, &b.events);
-                            dirty |= t.pending || t.instances;
-                        }
-                    }
-                    Some(Err(StoreError::Compacted { .. })) | None => break,
-                    Some(Err(e)) => return Err(e.into()),
-                }
-            }
-            tracing::info!("launcher watch ended; reloading its view");
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
+        crate::follow::follow(self.store.clone(), self, shutdown).await
+    }
+}
+
+impl crate::follow::Follower for Launcher {
+    type View = Cache;
+    const NAME: &'static str = "launcher";
+
+    async fn load_view(&mut self) -> Result<(Cache, berth_store::Revision), ControlError> {
+        crate::follow::load_cache(&self.store).await
+    }
+
+    fn fold(&mut self, cache: &mut Cache, b: &berth_store::WatchBatch) -> bool {
+        let t = cache.apply(b.revision, &b.events);
+        // The launcher does not count failures.
+        cache.newly_stopped.clear();
+        t.pending || t.instances
+    }
+
+    async fn step(&mut self, cache: &mut Cache) -> Result<Option<berth_model::Timestamp>, ControlError> {
+        let r = self.round(cache).await?;
+        if r.placed + r.unplaced + r.conflicts > 0 {
+            tracing::debug!(
+                placed = r.placed,
+                unplaced = r.unplaced,
+                conflicts = r.conflicts,
+                "launcher round"
+            );
         }
+        Ok(None)
     }
 }
 

@@ -11,7 +11,9 @@
 //! over-commit, they only retry.
 //!
 //! # Layout
-//! - `cache`: the watch-fed view of instances, tasks and the pending queue.
+//! - `cache`: the watch-fed view of instances, tasks and the pending queue;
+//!   `follow`: the watch loop the launcher, the reconciler and the target
+//!   controller share.
 //! - `launcher`: planning rounds and their commits.
 //! - `reconcile`: the pure service planner; `services`: its shell.
 //! - `plan`: the `POST /v1/services/plan` dry run (`berth service plan`).
@@ -24,6 +26,7 @@
 
 mod cache;
 pub mod compactor;
+mod follow;
 mod launcher;
 pub mod lbfollow;
 pub mod leader;

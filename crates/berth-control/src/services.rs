@@ -11,12 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_model::{Container, HealthStatus, InstanceStatus, Service, Task, TaskDefinition, TaskStatus, Timestamp};
 use berth_server::keys;
-use berth_store::{CmpOp, Compare, DynStore, Op, StoreError, TxnRequest};
-use futures::StreamExt;
+use berth_store::{CmpOp, Compare, DynStore, Op, TxnRequest};
 use serde_json::{Map, Value};
 
 use crate::ControlError;
@@ -299,46 +298,26 @@ impl Reconciler {
     }
 
     /// Runs until `shutdown` completes.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
-        tokio::pin!(shutdown);
-        loop {
-            let mut cache = Cache::load(self.store.as_ref()).await?;
-            let mut watch = self.store.watch(b"/", cache.revision + 1).await?;
-            let mut dirty = true;
-            let mut wake: Option<tokio::time::Instant> = None;
-            loop {
-                if dirty {
-                    let at = self.pass(&mut cache).await?;
-                    wake = at.map(|at| {
-                        tokio::time::Instant::now() + Duration::from_secs_f64((at - now()).clamp(0.0, 3600.0))
-                    });
-                    dirty = false;
-                }
-                let sleep = async {
-                    match wake {
-                        Some(w) => tokio::time::sleep_until(w).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let batch = tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = sleep => { dirty = true; continue; }
-                    b = watch.next() => b,
-                };
-                match batch {
-                    Some(Ok(b)) => {
-                        let t = cache.apply(b.revision, &b.events);
-                        dirty |= t.instances || t.other;
-                        while let Some(Some(Ok(b))) = futures::FutureExt::now_or_never(watch.next()) {
-                            let t = cache.apply(b.revision, &b.events);
-                            dirty |= t.instances || t.other;
-                        }
-                    }
-                    Some(Err(StoreError::Compacted { .. })) | None => break,
-                    Some(Err(e)) => return Err(e.into()),
-                }
-            }
-        }
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
+        crate::follow::follow(self.store.clone(), self, shutdown).await
+    }
+}
+
+impl crate::follow::Follower for Reconciler {
+    type View = Cache;
+    const NAME: &'static str = "service reconciler";
+
+    async fn load_view(&mut self) -> Result<(Cache, berth_store::Revision), ControlError> {
+        crate::follow::load_cache(&self.store).await
+    }
+
+    fn fold(&mut self, cache: &mut Cache, b: &berth_store::WatchBatch) -> bool {
+        let t = cache.apply(b.revision, &b.events);
+        t.instances || t.other
+    }
+
+    async fn step(&mut self, cache: &mut Cache) -> Result<Option<Timestamp>, ControlError> {
+        self.pass(cache).await
     }
 }
 

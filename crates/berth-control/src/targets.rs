@@ -26,14 +26,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::time::Duration;
 
 use berth_model::{HealthStatus, TargetGroup, TargetHealthRecord, TargetRecord, Task, TaskStatus, Timestamp};
 use berth_server::keys;
 use berth_store::{
     CmpOp, Compare, DynStore, Event, EventKind, Op, RangeRequest, Revision, StoreError, TxnRequest, WatchBatch,
 };
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::ControlError;
@@ -349,52 +347,30 @@ impl TargetController {
     }
 
     /// Runs until `shutdown` completes.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
-        tokio::pin!(shutdown);
-        loop {
-            let cache0 = Cache::load(self.store.as_ref()).await?;
-            let mut cache = cache0;
-            let mut lb = LbView::load(&self.store, cache.revision).await?;
-            let mut watch = self.store.watch(b"/", cache.revision + 1).await?;
-            let mut dirty = true;
-            let mut wake: Option<tokio::time::Instant> = None;
-            loop {
-                if dirty {
-                    let at = self.pass(&cache, &lb).await?;
-                    wake = at.map(|at| {
-                        tokio::time::Instant::now() + Duration::from_secs_f64((at - now()).clamp(0.0, 3600.0) + 0.01)
-                    });
-                    dirty = false;
-                }
-                let sleep = async {
-                    match wake {
-                        Some(w) => tokio::time::sleep_until(w).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let batch = tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = sleep => { dirty = true; continue; }
-                    b = watch.next() => b,
-                };
-                match batch {
-                    Some(Ok(b)) => {
-                        let mut apply = |b: &WatchBatch| {
-                            let t = cache.apply(b.revision, &b.events);
-                            let l = lb.apply(&b.events);
-                            t.instances || t.other || l
-                        };
-                        dirty |= apply(&b);
-                        while let Some(Some(Ok(b))) = futures::FutureExt::now_or_never(watch.next()) {
-                            dirty |= apply(&b);
-                        }
-                        cache.newly_stopped.clear();
-                    }
-                    Some(Err(StoreError::Compacted { .. })) | None => break,
-                    Some(Err(e)) => return Err(e.into()),
-                }
-            }
-        }
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
+        crate::follow::follow(self.store.clone(), self, shutdown).await
+    }
+}
+
+impl crate::follow::Follower for TargetController {
+    type View = (Cache, LbView);
+    const NAME: &'static str = "target controller";
+
+    async fn load_view(&mut self) -> Result<((Cache, LbView), Revision), ControlError> {
+        let (cache, revision) = crate::follow::load_cache(&self.store).await?;
+        let lb = LbView::load(&self.store, revision).await?;
+        Ok(((cache, lb), revision))
+    }
+
+    fn fold(&mut self, (cache, lb): &mut (Cache, LbView), b: &WatchBatch) -> bool {
+        let t = cache.apply(b.revision, &b.events);
+        let l = lb.apply(&b.events);
+        cache.newly_stopped.clear();
+        t.instances || t.other || l
+    }
+
+    async fn step(&mut self, (cache, lb): &mut (Cache, LbView)) -> Result<Option<Timestamp>, ControlError> {
+        self.pass(cache, lb).await
     }
 }
 
