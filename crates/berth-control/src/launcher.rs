@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use berth_model::{Container, ContainerInstance, NetworkBinding, Task, TaskDefinition, TaskStatus};
-use berth_sched::{Instance, PlaceOptions, Placement, Scalars, Snapshot, Strategy, TaskRequest};
+use berth_sched::{Guarantee, Instance, PlaceOptions, Placement, Scalars, Snapshot, Strategy, TaskRequest};
 use berth_server::keys;
 use berth_store::{CmpOp, Compare, DynStore, Op, RangeRequest, StoreError, TxnRequest};
 use serde_json::Value;
@@ -93,6 +93,25 @@ pub(crate) fn snapshot_of(view: &ClusterView) -> (Snapshot, Vec<&Cached<Containe
     (Snapshot::new(hosts), instances)
 }
 
+/// What each task group holds on the cluster (placed tasks not stopped),
+/// for fair share against capacity guarantees.
+fn usage_of(view: &ClusterView) -> BTreeMap<String, Scalars> {
+    let mut out: BTreeMap<String, Scalars> = BTreeMap::new();
+    for t in view.tasks.values() {
+        let t = &t.value;
+        if t.container_instance.is_none() || t.last_status == TaskStatus::Stopped {
+            continue;
+        }
+        let u = out.entry(t.group.clone().unwrap_or_default()).or_default();
+        let d = scalars(&t.demand);
+        u.cpu += d.cpu;
+        u.memory_mib += d.memory_mib;
+        u.network_mbps += d.network_mbps;
+        u.gpus += d.gpus;
+    }
+    out
+}
+
 /// The launcher.
 pub struct Launcher {
     store: DynStore,
@@ -159,6 +178,28 @@ impl Launcher {
         Ok(Ok(req))
     }
 
+    /// The capacity guarantees a cluster's `berth:guarantee:GROUP` tags set
+    /// (checked when they were written; unreadable ones are ignored).
+    async fn guarantees(&self, cluster: &str) -> Result<Vec<Guarantee>, ControlError> {
+        let Some(kv) = self
+            .store
+            .get(keys::tags(&format!("cluster/{cluster}")).as_bytes())
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let tags: Vec<berth_model::Tag> = serde_json::from_slice(&kv.value).unwrap_or_default();
+        let gs = berth_model::guarantees_from_tags("tags", &tags).unwrap_or_default();
+        Ok(gs
+            .into_iter()
+            .map(|g| Guarantee {
+                group: g.group,
+                tier: g.tier,
+                capacity: Scalars::new(g.cpu, g.memory_mib),
+            })
+            .collect())
+    }
+
     /// Plans and commits every queued task of every cluster once.
     pub async fn round(&mut self, cache: &Cache) -> Result<RoundReport, ControlError> {
         self.rounds += 1;
@@ -199,11 +240,18 @@ impl Launcher {
             return Ok(report);
         }
         let (mut snapshot, instances) = snapshot_of(view);
+        let guarantees = self.guarantees(cluster).await?;
+        let usage = if guarantees.is_empty() {
+            BTreeMap::new()
+        } else {
+            usage_of(view)
+        };
         let plan = snapshot.place(
             &requests,
             &PlaceOptions {
                 seed: self.config.seed ^ self.rounds,
-                ..Default::default()
+                guarantees,
+                usage,
             },
         );
         let mut per_instance: BTreeMap<usize, Vec<&Placement>> = BTreeMap::new();

@@ -220,8 +220,16 @@ impl Reconciler {
                     extras.insert(k.to_string(), v.clone());
                 }
             }
+            let tier = svc
+                .raw
+                .get(keys::SERVICE_TIER)
+                .and_then(Value::as_u64)
+                .and_then(|t| u8::try_from(t).ok())
+                .filter(|t| *t <= 1)
+                .unwrap_or(berth_model::DEFAULT_TIER);
             for _ in 0..start.count {
-                let t = new_task(cluster, name, &start.deployment, &start.task_definition, &td, now);
+                let mut t = new_task(cluster, name, &start.deployment, &start.task_definition, &td, now);
+                t.tier = tier;
                 let tkey = keys::task(cluster, &t.id);
                 txn = txn
                     .when(Compare::missing(&tkey))

@@ -2,7 +2,9 @@
 //! get placed within each instance's capacity with distinct host ports; a
 //! task that does not fit waits with its reasons and is placed as soon as
 //! capacity arrives; two launchers and parallel StartTask callers racing for
-//! the same instances never over-commit one.
+//! the same instances never over-commit one; tiers (`berth:tier` tags) and
+//! capacity guarantees (`berth:guarantee:GROUP` cluster tags) order what is
+//! placed when capacity is short.
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
@@ -310,5 +312,114 @@ async fn racing_launchers_and_start_task_never_overcommit() {
     assert_eq!(
         tasks.iter().filter(|t| t["containerInstanceArn"].is_string()).count(),
         16
+    );
+}
+
+/// The groups of the placed tasks, and of the waiting ones.
+fn groups(tasks: &[Value]) -> (Vec<String>, Vec<String>) {
+    let (mut placed, mut waiting) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let g = t["group"].as_str().unwrap().to_string();
+        if t["containerInstanceArn"].is_string() {
+            placed.push(g);
+        } else {
+            waiting.push(g);
+        }
+    }
+    placed.sort();
+    waiting.sort();
+    (placed, waiting)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn critical_tier_tasks_are_placed_before_flex_ones() {
+    let store: DynStore = Arc::new(Journal::new());
+    let api = Api::start(store.clone()).await;
+    setup(&api).await;
+    // A bad tier is refused, naming the tag.
+    let (ok, err) = api
+        .try_call(
+            "RunTask",
+            json!({"cluster": "c", "taskDefinition": "web",
+                   "tags": [{"key": "team", "value": "x"}, {"key": "berth:tier", "value": "gold"}]}),
+        )
+        .await;
+    assert!(!ok);
+    assert_eq!(err["__type"], "InvalidParameterException");
+    assert!(err["message"].as_str().unwrap().contains("tags[1].value"), "{err}");
+    // Room for two tasks; four queued before the launcher runs: two flex
+    // batch tasks, then the two tasks of a critical service (started by the
+    // reconciler). The critical ones are placed, the flex ones wait.
+    api.register_instance(1024, 2048, "us-east-1a").await;
+    api.call(
+        "RunTask",
+        json!({"cluster": "c", "taskDefinition": "web", "count": 2, "group": "batch",
+               "tags": [{"key": "berth:tier", "value": "flex"}]}),
+    )
+    .await;
+    api.call(
+        "CreateService",
+        json!({"cluster": "c", "serviceName": "web", "taskDefinition": "web", "desiredCount": 2,
+               "tags": [{"key": "berth:tier", "value": "critical"}]}),
+    )
+    .await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(berth_control::Reconciler::new(store.clone()).run(async move {
+        let _ = stop_rx.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.tasks().await.len() < 4 {
+        assert!(Instant::now() < deadline, "the service's tasks were not started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _l = spawn_launcher(store.clone(), 1);
+    let tasks = api.wait_placed(2).await;
+    assert_eq!(
+        groups(&tasks),
+        (
+            vec!["service:web".into(), "service:web".into()],
+            vec!["batch".into(), "batch".into()]
+        )
+    );
+    drop(stop_tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_under_its_capacity_guarantee_goes_first() {
+    let store: DynStore = Arc::new(Journal::new());
+    let api = Api::start(store.clone()).await;
+    setup(&api).await;
+    let cluster = api.call("DescribeClusters", json!({"clusters": ["c"]})).await["clusters"][0]["clusterArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, err) = api
+        .try_call(
+            "TagResource",
+            json!({"resourceArn": cluster, "tags": [{"key": "berth:guarantee:b", "value": "cpu=lots"}]}),
+        )
+        .await;
+    assert!(!ok);
+    assert!(err["message"].as_str().unwrap().contains("tags[0]"), "{err}");
+    api.call(
+        "TagResource",
+        json!({"resourceArn": cluster,
+               "tags": [{"key": "berth:guarantee:b", "value": "tier=1,cpu=1024,memory=2048"}]}),
+    )
+    .await;
+    // Room for two tasks; group a queued first, but b is under its guarantee.
+    api.register_instance(1024, 2048, "us-east-1a").await;
+    for group in ["a", "b"] {
+        api.call(
+            "RunTask",
+            json!({"cluster": "c", "taskDefinition": "web", "count": 2, "group": group}),
+        )
+        .await;
+    }
+    let _l = spawn_launcher(store.clone(), 1);
+    let tasks = api.wait_placed(2).await;
+    assert_eq!(
+        groups(&tasks),
+        (vec!["b".into(), "b".into()], vec!["a".into(), "a".into()])
     );
 }

@@ -15,6 +15,7 @@ mod resources;
 mod service;
 mod task;
 mod taskdef;
+mod tiers;
 mod validate;
 
 pub use arn::{Arn, ArnContext, DEFAULT_ACCOUNT, DEFAULT_REGION, ResourceType, short_name};
@@ -33,6 +34,7 @@ pub use taskdef::{
     ContainerDefinition, ContainerDependency, HealthCheck, NetworkMode, PlacementConstraint, PortMapping,
     TaskDefinition, TaskDefinitionStatus,
 };
+pub use tiers::{CapacityGuarantee, DEFAULT_TIER, GUARANTEE_TAG, TIER_TAG, guarantees_from_tags, tier_from_tags};
 pub use validate::{Validate, ValidationError};
 
 /// Seconds since the Unix epoch, as ECS timestamps are on the wire.

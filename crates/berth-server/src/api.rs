@@ -151,6 +151,9 @@ pub(crate) fn check_tags(field: &str, tags: &[Tag]) -> Result<(), ApiError> {
             ));
         }
     }
+    // Berth's own tags (tiers and capacity guarantees) must parse.
+    berth_model::tier_from_tags(field, tags)?;
+    berth_model::guarantees_from_tags(field, tags)?;
     Ok(())
 }
 

@@ -48,6 +48,10 @@ pub fn cluster(name: &str) -> String {
 
 pub const CLUSTERS: &str = "/clusters/";
 
+/// The service record member holding the tier its `berth:tier` tag set
+/// (the reconciler gives the service's tasks that tier).
+pub const SERVICE_TIER: &str = "berthTier";
+
 pub fn instances(cluster: &str) -> String {
     format!("/instances/{cluster}/")
 }

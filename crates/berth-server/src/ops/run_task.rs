@@ -83,10 +83,13 @@ struct Prepared {
     constraints: Vec<PlacementConstraint>,
     strategy: Vec<PlacementStrategy>,
     tags: Vec<Tag>,
+    /// From the `berth:tier` tag.
+    tier: u8,
 }
 
 async fn prepare(api: &Api, req: &RunInput) -> Result<Prepared, ApiError> {
     check_tags("tags", &req.tags)?;
+    let tier = berth_model::tier_from_tags("tags", &req.tags)?.unwrap_or(berth_model::DEFAULT_TIER);
     if let Some(lt) = req.launch_type.as_deref() {
         match lt {
             "EC2" | "EXTERNAL" => {}
@@ -194,6 +197,7 @@ async fn prepare(api: &Api, req: &RunInput) -> Result<Prepared, ApiError> {
         constraints,
         strategy: req.placement_strategy.clone(),
         tags: req.tags.clone(),
+        tier,
         network_configuration: req.network_configuration.clone(),
         td,
     })
@@ -240,7 +244,7 @@ fn new_task(api: &Api, p: &Prepared, cluster: &str, placed: Option<(&str, Vec<Ve
         stop_code: None,
         stopped_reason: None,
         health_status: HealthStatus::Unknown,
-        tier: 0,
+        tier: p.tier,
         pending_reasons: Vec::new(),
         version: 1,
         id,

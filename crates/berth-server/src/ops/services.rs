@@ -14,6 +14,7 @@ use super::{conflict, failure, taskdefs};
 use crate::api::{Api, MAX_ATTEMPTS, check_tags, input, max_results, now, tags_json, to_json, to_json_with};
 use crate::error::ApiError;
 use crate::keys;
+use crate::keys::SERVICE_TIER as TIER_MEMBER;
 
 /// Request members kept on the record beside the model's.
 const SERVICE_EXTRAS: &[&str] = &[
@@ -188,6 +189,7 @@ fn check_count(field: &str, n: i64) -> Result<u32, ApiError> {
 pub(crate) async fn create(api: &Api, body: &Value) -> Result<Value, ApiError> {
     let req: CreateInput = input(body)?;
     check_tags("tags", &req.tags)?;
+    let tier = berth_model::tier_from_tags("tags", &req.tags)?;
     let daemon = match req.scheduling_strategy.as_deref() {
         None | Some("REPLICA") => false,
         Some("DAEMON") => true,
@@ -230,7 +232,11 @@ pub(crate) async fn create(api: &Api, body: &Value) -> Result<Value, ApiError> {
     };
     let mut load_balancers = req.load_balancers.clone();
     check_load_balancers(api, &mut load_balancers, &td.value).await?;
-    let extras = extras_of(body);
+    let mut extras = extras_of(body);
+    if let Some(t) = tier {
+        // The reconciler gives the service's tasks this tier.
+        extras.insert(TIER_MEMBER.into(), json!(t));
+    }
     for _ in 0..MAX_ATTEMPTS {
         let cluster = api.active_cluster(req.cluster.as_deref()).await?;
         let cname = cluster.value.cluster_name.clone();
@@ -393,7 +399,7 @@ pub(crate) async fn update(api: &Api, body: &Value) -> Result<Value, ApiError> {
         raw_extras.extend(extras.clone());
         let keep: Map<String, Value> = raw_extras
             .into_iter()
-            .filter(|(k, _)| SERVICE_EXTRAS.contains(&k.as_str()))
+            .filter(|(k, _)| SERVICE_EXTRAS.contains(&k.as_str()) || k == TIER_MEMBER)
             .collect();
         let txn = TxnRequest::new()
             .when(Compare::mod_revision(&key, CmpOp::Equal, stored.mod_revision))
@@ -521,7 +527,7 @@ pub(crate) async fn delete(api: &Api, body: &Value) -> Result<Value, ApiError> {
             .raw
             .clone()
             .into_iter()
-            .filter(|(k, _)| SERVICE_EXTRAS.contains(&k.as_str()))
+            .filter(|(k, _)| SERVICE_EXTRAS.contains(&k.as_str()) || k == TIER_MEMBER)
             .collect();
         let mut txn = TxnRequest::new()
             .when(Compare::mod_revision(&key, CmpOp::Equal, stored.mod_revision))
