@@ -298,3 +298,53 @@ async fn run_task_queues_provisioning_tasks_for_the_launcher() {
         assert!(t.container_instance.is_none());
     }
 }
+
+/// What registration accepts comes back in DescribeContainerInstances: GPU
+/// and NETWORK are listed for instances that registered them, only.
+#[tokio::test]
+async fn gpu_and_network_resources_are_described_when_registered() {
+    let s = start(Auth::Disabled).await;
+    s.ok("CreateCluster", json!({"clusterName": "g"})).await;
+    let ci = s
+        .ok(
+            "RegisterContainerInstance",
+            json!({"cluster": "g", "totalResources": [
+                {"name": "CPU", "type": "INTEGER", "integerValue": 2048},
+                {"name": "MEMORY", "type": "INTEGER", "integerValue": 4096},
+                {"name": "GPU", "type": "INTEGER", "integerValue": 2},
+                {"name": "NETWORK", "type": "INTEGER", "integerValue": 1000}]}),
+        )
+        .await;
+    let arn = ci["containerInstance"]["containerInstanceArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plain = cluster_with_instance(&s, "p", 1024, 2048).await;
+    let value = |list: &Value, name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["integerValue"].as_u64().unwrap())
+    };
+    let d = s
+        .ok(
+            "DescribeContainerInstances",
+            json!({"cluster": "g", "containerInstances": [arn]}),
+        )
+        .await;
+    for member in ["registeredResources", "remainingResources"] {
+        let r = &d["containerInstances"][0][member];
+        assert_eq!(value(r, "GPU"), Some(2), "{member}: {r}");
+        assert_eq!(value(r, "NETWORK"), Some(1000), "{member}: {r}");
+        assert_eq!(value(r, "CPU"), Some(2048), "{member}: {r}");
+    }
+    let d = s
+        .ok(
+            "DescribeContainerInstances",
+            json!({"cluster": "p", "containerInstances": [plain]}),
+        )
+        .await;
+    let r = &d["containerInstances"][0]["registeredResources"];
+    assert_eq!((value(r, "GPU"), value(r, "NETWORK")), (None, None), "{r}");
+}

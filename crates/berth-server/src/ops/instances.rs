@@ -77,16 +77,27 @@ fn resources_from_wire(list: &[WireResource]) -> Result<Resources, ApiError> {
     Ok(r)
 }
 
-fn resources_wire(r: &Resources) -> Value {
+/// Resources as ECS lists them; GPU and NETWORK (which registration
+/// accepts as integers) only on instances that registered some.
+fn resources_wire(r: &Resources, registered: &Resources) -> Value {
     let set = |s: &std::collections::BTreeSet<u16>| s.iter().map(u16::to_string).collect::<Vec<_>>();
-    json!([
-        {"name": "CPU", "type": "INTEGER", "doubleValue": 0.0, "longValue": 0, "integerValue": r.cpu},
-        {"name": "MEMORY", "type": "INTEGER", "doubleValue": 0.0, "longValue": 0, "integerValue": r.memory_mib},
-        {"name": "PORTS", "type": "STRINGSET", "doubleValue": 0.0, "longValue": 0, "integerValue": 0,
-         "stringSetValue": set(&r.ports.tcp)},
-        {"name": "PORTS_UDP", "type": "STRINGSET", "doubleValue": 0.0, "longValue": 0, "integerValue": 0,
-         "stringSetValue": set(&r.ports.udp)},
-    ])
+    let mut out = vec![
+        json!({"name": "CPU", "type": "INTEGER", "doubleValue": 0.0, "longValue": 0, "integerValue": r.cpu}),
+        json!({"name": "MEMORY", "type": "INTEGER", "doubleValue": 0.0, "longValue": 0, "integerValue": r.memory_mib}),
+        json!({"name": "PORTS", "type": "STRINGSET", "doubleValue": 0.0, "longValue": 0, "integerValue": 0,
+         "stringSetValue": set(&r.ports.tcp)}),
+        json!({"name": "PORTS_UDP", "type": "STRINGSET", "doubleValue": 0.0, "longValue": 0, "integerValue": 0,
+         "stringSetValue": set(&r.ports.udp)}),
+    ];
+    for (name, n, has) in [
+        ("GPU", r.gpus, registered.gpus > 0),
+        ("NETWORK", r.network_mbps, registered.network_mbps > 0),
+    ] {
+        if has {
+            out.push(json!({"name": name, "type": "INTEGER", "doubleValue": 0.0, "longValue": 0, "integerValue": n}));
+        }
+    }
+    Value::Array(out)
 }
 
 fn status_str(s: InstanceStatus) -> &'static str {
@@ -119,8 +130,8 @@ pub(crate) fn render(api: &Api, ci: &ContainerInstance, version: i64, tags: Opti
         "ec2InstanceId": ci.ec2_instance_id,
         "version": version,
         "versionInfo": ci.version_info,
-        "remainingResources": resources_wire(&ci.remaining),
-        "registeredResources": resources_wire(&ci.registered),
+        "remainingResources": resources_wire(&ci.remaining, &ci.registered),
+        "registeredResources": resources_wire(&ci.registered, &ci.registered),
         "status": status_str(ci.status),
         "agentConnected": ci.agent_connected,
         "runningTasksCount": ci.running_tasks_count,
