@@ -173,6 +173,21 @@ async fn setup(api: &Api, agents: usize) {
     .await;
 }
 
+/// A dev cluster with `agents` agents (see [`cluster`]) and its API, once
+/// the agents have registered. Dropped in reverse order: the API, the
+/// cluster, the reaper of leftover workloads, then the directory.
+async fn start(agents: usize) -> (tempfile::TempDir, Reap, DevCluster, Api) {
+    let dir = tempfile::tempdir().unwrap();
+    let reap = Reap(dir.path().to_path_buf());
+    let cluster = cluster(dir.path(), agents).await;
+    let api = Api {
+        http: reqwest::Client::new(),
+        url: cluster.url.clone(),
+    };
+    setup(&api, agents).await;
+    (dir, reap, cluster, api)
+}
+
 async fn register(api: &Api, family: &str, env: Value) {
     api.ecs(
         "RegisterTaskDefinition",
@@ -286,14 +301,7 @@ async fn teardown(api: &Api, cluster: DevCluster, dir: &Path, services: &[&str])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_behind_lb_survives_kill_and_rolling_deployment() {
-    let dir = tempfile::tempdir().unwrap();
-    let _reap = Reap(dir.path().to_path_buf());
-    let cluster = cluster(dir.path(), 3).await;
-    let api = Api {
-        http: reqwest::Client::new(),
-        url: cluster.url.clone(),
-    };
-    setup(&api, 3).await;
+    let (dir, _reap, cluster, api) = start(3).await;
     register(&api, "web", json!([{"name": "NAME", "value": "v1"}])).await;
     let arn = target_group(&api, "web").await;
     let svc = api
@@ -400,14 +408,7 @@ async fn service_behind_lb_survives_kill_and_rolling_deployment() {
 /// deregistration delay. DescribeServices shows the targets' health.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_ends_when_in_flight_requests_finish() {
-    let dir = tempfile::tempdir().unwrap();
-    let _reap = Reap(dir.path().to_path_buf());
-    let cluster = cluster(dir.path(), 2).await;
-    let api = Api {
-        http: reqwest::Client::new(),
-        url: cluster.url.clone(),
-    };
-    setup(&api, 2).await;
+    let (dir, _reap, cluster, api) = start(2).await;
     register(&api, "drain", json!([])).await;
     let v = api
         .elb(
@@ -493,14 +494,7 @@ async fn draining_ends_when_in_flight_requests_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_backend_is_ejected_and_malformed_requests_get_400() {
-    let dir = tempfile::tempdir().unwrap();
-    let _reap = Reap(dir.path().to_path_buf());
-    let cluster = cluster(dir.path(), 1).await;
-    let api = Api {
-        http: reqwest::Client::new(),
-        url: cluster.url.clone(),
-    };
-    setup(&api, 1).await;
+    let (dir, _reap, cluster, api) = start(1).await;
     register(&api, "ok", json!([{"name": "NAME", "value": "ok"}])).await;
     // Its health checks pass, but every other request hangs.
     register(&api, "hang", json!([{"name": "LATENCY_MS", "value": "600000"}])).await;
@@ -551,14 +545,7 @@ async fn hung_backend_is_ejected_and_malformed_requests_get_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lb_api_rejects_bad_input_naming_the_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let _reap = Reap(dir.path().to_path_buf());
-    let cluster = cluster(dir.path(), 1).await;
-    let api = Api {
-        http: reqwest::Client::new(),
-        url: cluster.url.clone(),
-    };
-    setup(&api, 1).await;
+    let (dir, _reap, cluster, api) = start(1).await;
     let bad = |v: &(u16, Value), field: &str| {
         assert_eq!(v.0, 400, "{v:?}");
         assert_eq!(v.1["__type"], "InvalidParameterException", "{v:?}");
