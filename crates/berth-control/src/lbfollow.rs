@@ -156,7 +156,8 @@ pub fn report(lb: &Lb, records: &LbRecords) -> Report {
     // them (it lists a target while draining and drops it when idle). One
     // it still lists in another state has not seen the change yet.
     for (g, t) in records.targets.iter().filter(|(_, t)| t.state == "draining") {
-        let seen = status.iter().find(|s| s.group == *g && s.addr.to_string() == t.id);
+        let addr: Option<std::net::SocketAddr> = t.id.parse().ok();
+        let seen = status.iter().find(|s| s.group == *g && Some(s.addr) == addr);
         let state = match seen {
             None => ("drained".to_string(), 0),
             Some(s) if s.state == "draining" && s.in_flight == 0 => ("drained".to_string(), 0),

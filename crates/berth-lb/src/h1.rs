@@ -45,6 +45,9 @@ pub(crate) struct Conn {
     stream: TcpStream,
     /// Bytes read but not consumed yet.
     buf: BytesMut,
+    /// Whether the last response head left the connection open (HTTP/1.1
+    /// without `Connection: close`, and a body with a known end).
+    keep_alive: bool,
 }
 
 impl Conn {
@@ -120,6 +123,7 @@ impl RawPool {
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
+            keep_alive: true,
         })
     }
 
@@ -304,13 +308,7 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<(http::response
             } else {
                 Framing::Close
             };
-        if framing == Framing::Close {
-            close = true;
-        }
-        if close {
-            // Not reusable: mark it so by the framing's end handling.
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+        conn.keep_alive = !close && framing != Framing::Close;
         conn.buf.advance(len);
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status = status;
@@ -344,14 +342,12 @@ enum State {
 pub(crate) struct RawBody {
     conn: Option<Conn>,
     state: State,
-    reusable: bool,
     pool: Arc<RawPool>,
     addr: SocketAddr,
 }
 
 impl RawBody {
-    /// `reusable`: the head did not ask to close.
-    pub fn new(conn: Conn, framing: Framing, reusable: bool, pool: Arc<RawPool>, addr: SocketAddr) -> Self {
+    pub fn new(conn: Conn, framing: Framing, pool: Arc<RawPool>, addr: SocketAddr) -> Self {
         let state = match framing {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),
@@ -361,7 +357,6 @@ impl RawBody {
         let mut b = RawBody {
             conn: Some(conn),
             state,
-            reusable: reusable && framing != Framing::Close,
             pool,
             addr,
         };
@@ -387,7 +382,7 @@ impl RawBody {
 
     fn release(&mut self) {
         if let Some(c) = self.conn.take()
-            && self.reusable
+            && c.keep_alive
             && c.buf.is_empty()
         {
             self.pool.put(self.addr, c);
@@ -563,8 +558,7 @@ mod tests {
         let Ok((parts, framing, conn)) = pool.send(addr, &req).await else {
             panic!("send failed");
         };
-        let reusable = parts.headers.get(header::CONNECTION).is_none_or(|v| v != "close");
-        let body = RawBody::new(conn, framing, reusable, pool.clone(), addr);
+        let body = RawBody::new(conn, framing, pool.clone(), addr);
         let bytes = body.collect().await.unwrap().to_bytes();
         (parts.status.as_u16(), parts.headers, bytes)
     }
@@ -601,9 +595,8 @@ mod tests {
             s.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it").await.unwrap();
         });
         let pool = RawPool::new(8, Duration::from_secs(1));
-        let (s, h, b) = get(&pool, addr, Method::GET).await;
+        let (s, _, b) = get(&pool, addr, Method::GET).await;
         assert_eq!((s, &b[..]), (200, &b"all of it"[..]));
-        assert_eq!(h["connection"], "close");
         assert!(lock(&pool.idle).get(&addr).is_none_or(Vec::is_empty));
     }
 
@@ -645,7 +638,7 @@ mod tests {
         let Ok((_, framing, conn)) = pool.send(addr, &req).await else {
             panic!("head should parse")
         };
-        let body = RawBody::new(conn, framing, true, pool.clone(), addr);
+        let body = RawBody::new(conn, framing, pool.clone(), addr);
         assert!(body.collect().await.is_err());
     }
 

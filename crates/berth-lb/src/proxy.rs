@@ -183,8 +183,8 @@ impl Answer {
                 let _ = tokio::time::timeout(limit, resp.into_body().collect()).await;
                 drop(lease);
             }
-            Answer::Raw(p, framing, conn) => {
-                let body = RawBody::new(conn, framing, reusable(&p), raw.clone(), addr);
+            Answer::Raw(_, framing, conn) => {
+                let body = RawBody::new(conn, framing, raw.clone(), addr);
                 let _ = tokio::time::timeout(limit, body.discard(64 * 1024)).await;
             }
         }
@@ -209,7 +209,7 @@ impl Answer {
                 Response::from_parts(rparts, RespBody::Upstream { body: rbody, _hold })
             }
             Answer::Raw(mut p, framing, conn) => {
-                let body = RawBody::new(conn, framing, reusable(&p), raw.clone(), addr);
+                let body = RawBody::new(conn, framing, raw.clone(), addr);
                 strip_hop_by_hop(&mut p.headers);
                 p.version = Version::HTTP_11;
                 let _hold = Hold {
@@ -221,11 +221,6 @@ impl Answer {
             }
         }
     }
-}
-
-/// Whether a lean-path response leaves its connection open.
-fn reusable(p: &http::response::Parts) -> bool {
-    p.headers.get(header::CONNECTION).is_none_or(|v| v != "close")
 }
 
 /// Serves one client request on `listener`.
