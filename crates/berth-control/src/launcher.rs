@@ -18,14 +18,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use berth_model::{Container, ContainerInstance, NetworkBinding, Task, TaskDefinition, TaskStatus};
+use berth_records::{Cache, ClusterView, Env, Stored, TaskDefs, encode, keys};
 use berth_sched::{Guarantee, Instance, PlaceOptions, Placement, Scalars, Snapshot, Strategy, TaskRequest};
-use berth_server::keys;
 use berth_store::{CmpOp, Compare, DynStore, Op, RangeRequest, StoreError, TxnRequest};
-use serde_json::Value;
 
 use crate::ControlError;
-use crate::cache::{Cache, Cached, ClusterView};
-use crate::records::{TaskDefs, to_json};
 
 /// Launcher settings.
 #[derive(Debug, Clone, Default)]
@@ -53,12 +50,10 @@ fn scalars(r: &berth_model::Resources) -> Scalars {
 }
 
 /// The security groups of a task's `networkConfiguration.awsvpcConfiguration`.
-fn security_groups(raw: &serde_json::Map<String, Value>) -> Vec<String> {
-    raw.get("networkConfiguration")
-        .and_then(|n| n.get("awsvpcConfiguration"))
-        .and_then(|v| v.get("securityGroups"))
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+fn security_groups(t: &Task) -> Vec<String> {
+    t.network_configuration
+        .as_ref()
+        .map(berth_model::NetworkConfiguration::security_groups)
         .unwrap_or_default()
 }
 
@@ -78,14 +73,14 @@ fn sched_instance(ci: &ContainerInstance, tasks: &[&Task]) -> Instance {
 
 /// The engine's snapshot of a cluster, with the instance records in the
 /// snapshot's order (placements name instances by index).
-pub(crate) fn snapshot_of(view: &ClusterView) -> (Snapshot, Vec<&Cached<ContainerInstance>>) {
+pub(crate) fn snapshot_of(view: &ClusterView) -> (Snapshot, Vec<&Stored<ContainerInstance>>) {
     let mut by_instance: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for t in view.tasks.values() {
         if let Some(ci) = t.value.container_instance.as_deref() {
             by_instance.entry(ci).or_default().push(&t.value);
         }
     }
-    let instances: Vec<&Cached<ContainerInstance>> = view.instances.values().collect();
+    let instances: Vec<&Stored<ContainerInstance>> = view.instances.values().collect();
     let hosts = instances
         .iter()
         .map(|ci| sched_instance(&ci.value, by_instance.get(ci.value.id.as_str()).map_or(&[][..], |v| v)))
@@ -115,6 +110,7 @@ fn usage_of(view: &ClusterView) -> BTreeMap<String, Scalars> {
 /// The launcher.
 pub struct Launcher {
     store: DynStore,
+    env: Env,
     config: LauncherConfig,
     taskdefs: TaskDefs,
     rounds: u64,
@@ -124,23 +120,30 @@ impl Launcher {
     pub fn new(store: DynStore, config: LauncherConfig) -> Self {
         Launcher {
             store,
+            env: Env::system(),
             config,
             taskdefs: TaskDefs::default(),
             rounds: 0,
         }
     }
 
+    /// Runs its watch loop on `env`'s clock.
+    pub fn with_env(mut self, env: Env) -> Self {
+        self.env = env;
+        self
+    }
+
     async fn taskdef(&mut self, arn: &str) -> Result<Option<TaskDefinition>, ControlError> {
-        self.taskdefs.get(&self.store, arn).await
+        Ok(self.taskdefs.get(&self.store, arn).await?)
     }
 
     /// The engine request for a queued task, or why it can never be placed.
-    async fn request(&mut self, t: &Cached<Task>) -> Result<Result<TaskRequest, String>, ControlError> {
+    async fn request(&mut self, t: &Stored<Task>) -> Result<Result<TaskRequest, String>, ControlError> {
         let Some(td) = self.taskdef(&t.value.task_definition_arn).await? else {
             return Ok(Err("MISSING: task definition not found".into()));
         };
         let group = t.value.group.clone().unwrap_or_default();
-        let sgs = security_groups(&t.raw);
+        let sgs = security_groups(&t.value);
         let mut req = match TaskRequest::from_task_definition(&t.value.id, &td, group.clone(), &sgs) {
             Ok(r) => r,
             Err(e) => return Ok(Err(format!("INVALID: {e}"))),
@@ -148,19 +151,13 @@ impl Launcher {
         // The task's own demand (RunTask overrides applied) wins over the definition's.
         req.demand = scalars(&t.value.demand);
         req.tier = t.value.tier;
-        let field = |name: &str| t.raw.get(name).cloned().unwrap_or(Value::Null);
-        if let Ok(extra) =
-            serde_json::from_value::<Vec<berth_model::PlacementConstraint>>(field("placementConstraints"))
-        {
-            for c in extra {
-                match berth_sched::Constraint::from_ecs(&c.kind, c.expression.as_deref()) {
-                    Ok(c) => req.constraints.push(c),
-                    Err(e) => return Ok(Err(format!("INVALID: {e}"))),
-                }
+        for c in &t.value.placement_constraints {
+            match berth_sched::Constraint::from_ecs(&c.kind, c.expression.as_deref()) {
+                Ok(c) => req.constraints.push(c),
+                Err(e) => return Ok(Err(format!("INVALID: {e}"))),
             }
         }
-        let strategy = serde_json::from_value::<Vec<berth_model::PlacementStrategy>>(field("placementStrategy"))
-            .unwrap_or_default();
+        let strategy = &t.value.placement_strategy;
         req = if strategy.is_empty() {
             // ECS defaults: services spread over zones then instances; one-off tasks go anywhere.
             req.strategy = if group.starts_with("service:") {
@@ -170,7 +167,7 @@ impl Launcher {
             };
             req
         } else {
-            match req.with_ecs_strategy(&strategy) {
+            match req.with_ecs_strategy(strategy) {
                 Ok(r) => r,
                 Err(e) => return Ok(Err(format!("INVALID: {e}"))),
             }
@@ -218,14 +215,20 @@ impl Launcher {
 
     async fn round_cluster(&mut self, cluster: &str, view: &ClusterView) -> Result<RoundReport, ControlError> {
         let mut report = RoundReport::default();
-        let mut queued: Vec<&Cached<Task>> = Vec::new();
+        let mut queued: Vec<&Stored<Task>> = Vec::new();
         let mut requests = Vec::new();
         for id in &view.pending {
             let Some(t) = view.tasks.get(id) else { continue };
             if t.value.desired_status == TaskStatus::Stopped || t.value.container_instance.is_some() {
                 continue;
             }
-            match self.request(t).await? {
+            // A task whose placement members cannot be read is not placed
+            // without them: it says why instead.
+            let request = match view.defects.get(id) {
+                Some(defect) => Err(defect.clone()),
+                None => self.request(t).await?,
+            };
+            match request {
                 Ok(req) => {
                     queued.push(t);
                     requests.push(req);
@@ -287,8 +290,8 @@ impl Launcher {
     async fn commit_instance(
         &mut self,
         cluster: &str,
-        ci: &Cached<ContainerInstance>,
-        queued: &[&Cached<Task>],
+        ci: &Stored<ContainerInstance>,
+        queued: &[&Stored<Task>],
         placements: &[&Placement],
     ) -> Result<bool, ControlError> {
         let ikey = keys::instance(cluster, &ci.value.id);
@@ -339,7 +342,7 @@ impl Launcher {
             if td.network_mode == berth_model::NetworkMode::Awsvpc {
                 // One IP on an ENI bound to the task's security groups.
                 t.demand.enis = vec![berth_model::Eni {
-                    security_groups: security_groups(&cached.raw).into_iter().collect(),
+                    security_groups: security_groups(&cached.value).into_iter().collect(),
                     ips: 1,
                 }];
             }
@@ -357,17 +360,17 @@ impl Launcher {
             let tkey = keys::task(cluster, &t.id);
             txn = txn
                 .when(Compare::mod_revision(&tkey, CmpOp::Equal, cached.mod_revision))
-                .then(Op::put(&tkey, to_json(&t, &cached.raw)?))
+                .then(Op::put(&tkey, encode(&t, &cached.raw)?))
                 .then(Op::delete(keys::pending(cluster, &t.id)));
             for op in keys::task_index_ops(Some(old), Some(&t)) {
                 txn = txn.then(op);
             }
         }
-        txn = txn.then(Op::put(&ikey, to_json(&instance, &ci.raw)?));
+        txn = txn.then(Op::put(&ikey, encode(&instance, &ci.raw)?));
         Ok(self.store.txn(txn).await?.succeeded)
     }
 
-    async fn note_reasons(&self, cluster: &str, t: &Cached<Task>, reasons: Vec<String>) -> Result<(), ControlError> {
+    async fn note_reasons(&self, cluster: &str, t: &Stored<Task>, reasons: Vec<String>) -> Result<(), ControlError> {
         if t.value.pending_reasons == reasons {
             return Ok(());
         }
@@ -379,7 +382,7 @@ impl Launcher {
             .txn(
                 TxnRequest::new()
                     .when(Compare::mod_revision(&key, CmpOp::Equal, t.mod_revision))
-                    .then(Op::put(&key, to_json(&task, &t.raw)?)),
+                    .then(Op::put(&key, encode(&task, &t.raw)?)),
             )
             .await?;
         Ok(())
@@ -388,16 +391,17 @@ impl Launcher {
     /// Runs until `shutdown` completes: load, plan, then plan again whenever
     /// a task is queued or an instance changes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
-        crate::follow::follow(self.store.clone(), self, shutdown).await
+        berth_records::follow(self.store.clone(), self.env.clock.clone(), self, shutdown).await
     }
 }
 
-impl crate::follow::Follower for Launcher {
+impl berth_records::Follower for Launcher {
     type View = Cache;
+    type Error = ControlError;
     const NAME: &'static str = "launcher";
 
     async fn load_view(&mut self) -> Result<(Cache, berth_store::Revision), ControlError> {
-        crate::follow::load_cache(&self.store).await
+        crate::services::load_cache(&self.store).await
     }
 
     fn fold(&mut self, cache: &mut Cache, b: &berth_store::WatchBatch) -> bool {

@@ -14,14 +14,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use berth_lb::{Algorithm, Config, HealthCheck, Lb, ListenerConfig, Rule, TargetGroupConfig};
+use berth_model::Timestamp;
 use berth_model::{LbAlgorithm, LoadBalancerDef, TargetGroup, TargetHealthRecord, TargetRecord};
-use berth_server::keys;
+use berth_records::{Env, keys};
 use berth_store::{CmpOp, Compare, DynStore, Op, RangeRequest, StoreError, TxnRequest};
 use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::ControlError;
-use crate::services::now;
 
 /// The listener name of a load balancer's port in the data plane.
 pub fn listener_name(lb: &str, port: u16) -> String {
@@ -177,7 +177,7 @@ pub fn report(lb: &Lb, records: &LbRecords) -> Report {
 }
 
 /// Writes what changed in a report to the store.
-async fn write_report(store: &DynStore, old: &Report, new: &Report) -> Result<(), ControlError> {
+async fn write_report(store: &DynStore, old: &Report, new: &Report, now: Timestamp) -> Result<(), ControlError> {
     for ((g, a), (state, in_flight)) in &new.health {
         if old.health.get(&(g.clone(), a.clone())).map(|(s, _)| s) == Some(state) {
             continue;
@@ -193,7 +193,7 @@ async fn write_report(store: &DynStore, old: &Report, new: &Report) -> Result<()
         }
         let rec = TargetHealthRecord {
             state: state.clone(),
-            since: now(),
+            since: now,
             in_flight: *in_flight,
         };
         // Only while the target is still registered.
@@ -204,10 +204,7 @@ async fn write_report(store: &DynStore, old: &Report, new: &Report) -> Result<()
                 CmpOp::Equal,
                 cur.map_or(0, |kv| kv.mod_revision),
             ))
-            .then(Op::put(
-                &key,
-                serde_json::to_vec(&rec).map_err(|e| ControlError::Encode(e.to_string()))?,
-            ));
+            .then(Op::put(&key, berth_records::to_json(&rec)?));
         store.txn(txn).await?;
     }
     for ((l, p), a) in &new.bound {
@@ -231,11 +228,23 @@ pub struct LbFollower {
     store: DynStore,
     lb: Lb,
     bind_ip: IpAddr,
+    env: Env,
 }
 
 impl LbFollower {
     pub fn new(store: DynStore, lb: Lb, bind_ip: IpAddr) -> Self {
-        LbFollower { store, lb, bind_ip }
+        LbFollower {
+            store,
+            lb,
+            bind_ip,
+            env: Env::system(),
+        }
+    }
+
+    /// Stamps health records with `env`'s clock.
+    pub fn with_env(mut self, env: Env) -> Self {
+        self.env = env;
+        self
     }
 
     /// Runs until `shutdown` completes.
@@ -262,7 +271,7 @@ impl LbFollower {
                     _ = tick.tick() => {
                         let r = report(&self.lb, &records);
                         if r != last {
-                            write_report(&self.store, &last, &r).await?;
+                            write_report(&self.store, &last, &r, self.env.now()).await?;
                             last = r;
                         }
                     }

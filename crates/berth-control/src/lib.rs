@@ -4,16 +4,15 @@
 //! the service reconciler, which keeps each service's desired count healthy
 //! through failures, draining and rolling deployments.
 //!
-//! Controllers talk only to the store (through `berth-server`'s key layout
-//! and record shapes) and to `berth-sched`; they must not serve the API,
-//! start containers or talk to agents. Several servers may each run them:
-//! every commit compares what it read, so racing controllers never
-//! over-commit, they only retry.
+//! Controllers talk only to the store (through `berth-records`: its key
+//! space, codec, compare-and-swap helper, clock and ids, and the watch-fed
+//! cache and loop they all run on) and to `berth-sched`; they must not
+//! serve the API, start containers or talk to agents, and must not depend
+//! on `berth-server`. Several servers may each run them: every commit
+//! compares what it read, so racing controllers never over-commit, they
+//! only retry.
 //!
 //! # Layout
-//! - `cache`: the watch-fed view of instances, tasks and the pending queue;
-//!   `follow`: the watch loop the launcher, the reconciler and the target
-//!   controller share.
 //! - `launcher`: planning rounds and their commits.
 //! - `reconcile`: the pure service planner; `services`: its shell.
 //! - `plan`: the `POST /v1/services/plan` dry run (`berth service plan`).
@@ -24,19 +23,16 @@
 //! - `leader`: lease-based leader election, so only one server runs the
 //!   reconciler, the target controller and the compactor at a time.
 
-mod cache;
 pub mod compactor;
-mod follow;
 mod launcher;
 pub mod lbfollow;
 pub mod leader;
 mod plan;
 pub mod reconcile;
-mod records;
 mod services;
 pub mod targets;
 
-pub use cache::{Cache, Cached, ClusterView, Touched};
+pub use berth_records::{Cache, ClusterView, Touched};
 pub use compactor::{Compactor, CompactorConfig};
 pub use launcher::{Launcher, LauncherConfig, RoundReport, pending_count};
 pub use lbfollow::LbFollower;
@@ -50,6 +46,8 @@ pub use targets::TargetController;
 pub enum ControlError {
     #[error(transparent)]
     Store(#[from] berth_store::StoreError),
+    #[error(transparent)]
+    Records(#[from] berth_records::RecordsError),
     #[error("cannot decode a stored record: {0}")]
     Decode(String),
     #[error("cannot encode a record: {0}")]

@@ -10,18 +10,15 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use berth_model::{Deployment, RolloutState, Service, TaskDefinition};
+use berth_records::{Cache, keys};
 use berth_sched::{PlaceOptions, Strategy, TaskRequest};
-use berth_server::Auth;
-use berth_server::auth::sigv4::SignedRequest;
-use berth_server::keys;
 use berth_store::DynStore;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cache::Cache;
 use crate::launcher::snapshot_of;
 use crate::reconcile::{self, PassInput, ServiceState, TaskView};
 
@@ -30,19 +27,14 @@ pub const PLAN_PATH: &str = "/v1/services/plan";
 
 struct PlanState {
     store: DynStore,
-    auth: Auth,
-    default_region: String,
 }
 
-/// The route, to merge beside the API.
-pub fn plan_router(store: DynStore, auth: Auth, default_region: String) -> Router {
+/// The route, to merge beside the API. It does not authenticate: the
+/// server puts it behind its authentication layer (operation `PlanService`).
+pub fn plan_router(store: DynStore) -> Router {
     Router::new()
         .route(PLAN_PATH, axum::routing::post(handle))
-        .with_state(Arc::new(PlanState {
-            store,
-            auth,
-            default_region,
-        }))
+        .with_state(Arc::new(PlanState { store }))
 }
 
 #[derive(Deserialize)]
@@ -73,18 +65,7 @@ fn json_response(status: StatusCode, body: String) -> Response {
     r
 }
 
-async fn handle(State(st): State<Arc<PlanState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let signed = SignedRequest {
-        method: "POST",
-        path: uri.path(),
-        query: uri.query().unwrap_or(""),
-        headers: &headers,
-        body: &body,
-    };
-    if let Err(e) = st.auth.check(&signed, "PlanService", &st.default_region) {
-        // As on the ECS API: authentication failures are 400s with their type.
-        return error(StatusCode::BAD_REQUEST, e.error_type(), e.to_string());
-    }
+async fn handle(State(st): State<Arc<PlanState>>, body: Bytes) -> Response {
     let input: PlanInput = match serde_json::from_slice(&body) {
         Ok(i) => i,
         Err(e) => {
@@ -139,7 +120,7 @@ async fn plan(store: &DynStore, input: PlanInput) -> Result<Value, PlanError> {
                 d.status = "ACTIVE".into();
             }
         }
-        let now = crate::services::now();
+        let now = berth_records::now();
         svc.deployments.insert(
             0,
             Deployment {
@@ -169,7 +150,7 @@ async fn plan(store: &DynStore, input: PlanInput) -> Result<Value, PlanError> {
         .tasks
         .values()
         .filter(|t| t.value.group.as_deref() == Some(&format!("service:{name}")))
-        .map(|t| crate::services::task_view(t, false, &Default::default(), &[], crate::services::now()))
+        .map(|t| crate::services::task_view(t, false, &Default::default(), &[], berth_records::now()))
         .collect();
     let ids = |n: usize| format!("plan-{n}");
     let p = reconcile::plan(&PassInput {
@@ -177,7 +158,7 @@ async fn plan(store: &DynStore, input: PlanInput) -> Result<Value, PlanError> {
         state: &state,
         tasks: &tasks,
         new_failures: &[],
-        now: crate::services::now(),
+        now: berth_records::now(),
         event_id: &ids,
     });
     let mut start = Value::Null;

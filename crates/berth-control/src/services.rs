@@ -11,33 +11,19 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_model::{Container, HealthStatus, InstanceStatus, Service, Task, TaskDefinition, TaskStatus, Timestamp};
-use berth_server::keys;
+use berth_model::{InstanceStatus, NetworkConfiguration, Service, Task, TaskDefinition, TaskStatus, Timestamp};
+use berth_records::{Cache, Env, Stored, TaskDefs, encode, keys};
 use berth_store::{CmpOp, Compare, DynStore, Op, TxnRequest};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::ControlError;
-use crate::cache::{Cache, Cached};
 use crate::reconcile::{self, PassInput, ServiceState, TaskView};
-use crate::records::{TaskDefs, to_json};
-
-pub(crate) fn now() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as f64 / 1000.0)
-        .unwrap_or(0.0)
-}
-
-fn new_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The service reconciler.
 pub struct Reconciler {
     store: DynStore,
+    env: Env,
     taskdefs: TaskDefs,
     /// Failures not yet recorded, per `cluster/service`: (deployment, reason).
     failures: BTreeMap<String, Vec<(String, String)>>,
@@ -48,14 +34,21 @@ impl Reconciler {
     pub fn new(store: DynStore) -> Self {
         Reconciler {
             store,
+            env: Env::system(),
             taskdefs: TaskDefs::default(),
             failures: BTreeMap::new(),
             events: 0,
         }
     }
 
+    /// Stamps records with `env`'s clock and names tasks with its ids.
+    pub fn with_env(mut self, env: Env) -> Self {
+        self.env = env;
+        self
+    }
+
     async fn taskdef(&mut self, arn: &str) -> Result<Option<TaskDefinition>, ControlError> {
-        self.taskdefs.get(&self.store, arn).await
+        Ok(self.taskdefs.get(&self.store, arn).await?)
     }
 
     /// Turns the cache's stop transitions into failures of their services.
@@ -109,7 +102,7 @@ impl Reconciler {
                 .filter(|i| i.value.status != InstanceStatus::Active)
                 .map(|i| i.value.id.as_str())
                 .collect();
-            let mut by_service: BTreeMap<&str, Vec<&Cached<Task>>> = BTreeMap::new();
+            let mut by_service: BTreeMap<&str, Vec<&Stored<Task>>> = BTreeMap::new();
             for t in view.tasks.values() {
                 if let Some(s) = t.value.group.as_deref().and_then(|g| g.strip_prefix("service:")) {
                     by_service.entry(s).or_default().push(t);
@@ -126,7 +119,7 @@ impl Reconciler {
                     .and_then(|(b, _)| serde_json::from_slice::<ServiceState>(b).ok())
                     .unwrap_or_default();
                 let state_rev = view.service_states.get(name).map_or(0, |(_, r)| *r);
-                let tasks: Vec<Cached<Task>> = by_service
+                let tasks: Vec<Stored<Task>> = by_service
                     .get(name.as_str())
                     .map(|v| v.iter().map(|t| (*t).clone()).collect())
                     .unwrap_or_default();
@@ -151,14 +144,14 @@ impl Reconciler {
         &mut self,
         cluster: &str,
         name: &str,
-        svc: &Cached<Service>,
+        svc: &Stored<Service>,
         state: &ServiceState,
         state_rev: i64,
-        tasks: &[Cached<Task>],
+        tasks: &[Stored<Task>],
         load: &BTreeMap<String, u32>,
         draining: &[String],
     ) -> Result<Option<Timestamp>, ControlError> {
-        let now = now();
+        let now = self.env.now();
         let mut views = Vec::with_capacity(tasks.len());
         for t in tasks {
             let has_health_check = self
@@ -193,15 +186,12 @@ impl Reconciler {
             return Ok(plan.wake_at);
         }
         let skey = keys::service(cluster, name);
-        let stkey = format!("/svcstate/{cluster}/{name}");
+        let stkey = keys::service_state(cluster, name);
         let mut txn = TxnRequest::new()
             .when(Compare::mod_revision(&skey, CmpOp::Equal, svc.mod_revision))
             .when(Compare::mod_revision(&stkey, CmpOp::Equal, state_rev))
-            .then(Op::put(&skey, to_json(&plan.service, &svc.raw)?))
-            .then(Op::put(
-                &stkey,
-                serde_json::to_vec(&plan.state).map_err(|e| ControlError::Encode(e.to_string()))?,
-            ));
+            .then(Op::put(&skey, encode(&plan.service, &svc.raw)?))
+            .then(Op::put(&stkey, berth_records::to_json(&plan.state)?));
         if plan.inactive {
             txn = txn.then(Op::delete(keys::service_index(cluster, name)));
         }
@@ -214,12 +204,6 @@ impl Reconciler {
                 );
                 return Ok(None);
             };
-            let mut extras = Map::new();
-            for k in ["placementStrategy", "placementConstraints", "networkConfiguration"] {
-                if let Some(v) = svc.raw.get(k) {
-                    extras.insert(k.to_string(), v.clone());
-                }
-            }
             let tier = svc
                 .raw
                 .get(keys::SERVICE_TIER)
@@ -227,13 +211,21 @@ impl Reconciler {
                 .and_then(|t| u8::try_from(t).ok())
                 .filter(|t| *t <= 1)
                 .unwrap_or(berth_model::DEFAULT_TIER);
+            // A service's tasks carry its placement and network configuration.
+            let network = svc
+                .raw
+                .get("networkConfiguration")
+                .and_then(|v| serde_json::from_value::<NetworkConfiguration>(v.clone()).ok());
             for _ in 0..start.count {
-                let mut t = new_task(cluster, name, &start.deployment, &start.task_definition, &td, now);
+                let mut t = self.new_task(cluster, name, &start.deployment, &start.task_definition, &td, now);
                 t.tier = tier;
+                t.placement_strategy.clone_from(&svc.value.placement_strategy);
+                t.placement_constraints.clone_from(&svc.value.placement_constraints);
+                t.network_configuration.clone_from(&network);
                 let tkey = keys::task(cluster, &t.id);
                 txn = txn
                     .when(Compare::missing(&tkey))
-                    .then(Op::put(&tkey, to_json(&t, &extras)?))
+                    .then(Op::put(&tkey, berth_records::to_json(&t)?))
                     .then(Op::put(keys::pending(cluster, &t.id), tkey.as_bytes()));
                 for op in keys::task_index_ops(None, Some(&t)) {
                     txn = txn.then(op);
@@ -263,26 +255,26 @@ impl Reconciler {
 
     /// Asks the target controller to deregister a task and stop it once its
     /// targets have drained.
-    async fn mark_deregistration(&self, cluster: &str, t: &Cached<Task>, reason: &str) -> Result<(), ControlError> {
+    async fn mark_deregistration(&self, cluster: &str, t: &Stored<Task>, reason: &str) -> Result<(), ControlError> {
         if t.raw.contains_key(crate::targets::DEREGISTRATION) {
             return Ok(());
         }
         let mut raw = t.raw.clone();
         raw.insert(
             crate::targets::DEREGISTRATION.into(),
-            serde_json::json!({"reason": reason, "at": now()}),
+            serde_json::json!({"reason": reason, "at": self.env.now()}),
         );
         let tkey = keys::task(cluster, &t.value.id);
         let txn = TxnRequest::new()
             .when(Compare::mod_revision(&tkey, CmpOp::Equal, t.mod_revision))
-            .then(Op::put(&tkey, to_json(&t.value, &raw)?));
+            .then(Op::put(&tkey, encode(&t.value, &raw)?));
         self.store.txn(txn).await?;
         Ok(())
     }
 
-    async fn stop_task(&self, cluster: &str, t: &Cached<Task>, reason: &str) -> Result<(), ControlError> {
+    async fn stop_task(&self, cluster: &str, t: &Stored<Task>, reason: &str) -> Result<(), ControlError> {
         let mut task = t.value.clone();
-        let at = now();
+        let at = self.env.now();
         task.desired_status = TaskStatus::Stopped;
         task.stopping_at.get_or_insert(at);
         task.stop_code.get_or_insert_with(|| "ServiceSchedulerInitiated".into());
@@ -296,7 +288,7 @@ impl Reconciler {
             }
         }
         task.version += 1;
-        let mut txn = crate::records::task_write(cluster, t, &task)?;
+        let mut txn = berth_records::replace(&keys::task(cluster, &task.id), t, &task)?;
         if unplaced {
             txn = txn.then(Op::delete(keys::pending(cluster, &task.id)));
         }
@@ -307,16 +299,24 @@ impl Reconciler {
 
     /// Runs until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
-        crate::follow::follow(self.store.clone(), self, shutdown).await
+        berth_records::follow(self.store.clone(), self.env.clock.clone(), self, shutdown).await
     }
 }
 
-impl crate::follow::Follower for Reconciler {
+/// The view most controllers plan from: the [`Cache`] and its revision.
+pub(crate) async fn load_cache(store: &DynStore) -> Result<(Cache, berth_store::Revision), ControlError> {
+    let cache = Cache::load(store.as_ref()).await?;
+    let revision = cache.revision;
+    Ok((cache, revision))
+}
+
+impl berth_records::Follower for Reconciler {
     type View = Cache;
+    type Error = ControlError;
     const NAME: &'static str = "service reconciler";
 
     async fn load_view(&mut self) -> Result<(Cache, berth_store::Revision), ControlError> {
-        crate::follow::load_cache(&self.store).await
+        load_cache(&self.store).await
     }
 
     fn fold(&mut self, cache: &mut Cache, b: &berth_store::WatchBatch) -> bool {
@@ -331,7 +331,7 @@ impl crate::follow::Follower for Reconciler {
 
 /// The planner's view of one task.
 pub(crate) fn task_view(
-    t: &Cached<Task>,
+    t: &Stored<Task>,
     has_health_check: bool,
     load: &BTreeMap<String, u32>,
     draining: &[String],
@@ -370,47 +370,32 @@ fn service_differs(a: &Service, b: &Service) -> bool {
     a != b
 }
 
-/// A new PROVISIONING task of a service deployment.
-fn new_task(cluster: &str, service: &str, deployment: &str, td_arn: &str, td: &TaskDefinition, now: Timestamp) -> Task {
-    let id = new_id();
-    let arn_prefix = td_arn
-        .split(":task-definition/")
-        .next()
-        .unwrap_or("arn:aws:ecs:us-east-1:123456789012");
-    Task {
-        task_arn: format!("{arn_prefix}:task/{cluster}/{id}"),
-        id,
-        cluster: cluster.to_string(),
-        task_definition_arn: td_arn.to_string(),
-        container_instance: None,
-        last_status: TaskStatus::Provisioning,
-        desired_status: TaskStatus::Running,
-        containers: td
-            .container_definitions
-            .iter()
-            .map(|c| Container {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                last_status: TaskStatus::Provisioning,
-                exit_code: None,
-                reason: None,
-                runtime_id: None,
-                network_bindings: Vec::new(),
-                health_status: HealthStatus::Unknown,
-            })
-            .collect(),
-        demand: td.demand(),
-        started_by: Some(deployment.to_string()),
-        group: Some(format!("service:{service}")),
-        created_at: now,
-        started_at: None,
-        stopping_at: None,
-        stopped_at: None,
-        stop_code: None,
-        stopped_reason: None,
-        health_status: HealthStatus::Unknown,
-        tier: 0,
-        pending_reasons: Vec::new(),
-        version: 1,
+impl Reconciler {
+    /// A new PROVISIONING task of a service deployment.
+    fn new_task(
+        &self,
+        cluster: &str,
+        service: &str,
+        deployment: &str,
+        td_arn: &str,
+        td: &TaskDefinition,
+        now: Timestamp,
+    ) -> Task {
+        let id = self.env.new_id();
+        let arn_prefix = td_arn
+            .split(":task-definition/")
+            .next()
+            .unwrap_or("arn:aws:ecs:us-east-1:123456789012");
+        let mut t = Task::new(
+            id.clone(),
+            format!("{arn_prefix}:task/{cluster}/{id}"),
+            cluster,
+            td_arn.to_string(),
+            td,
+            now,
+        );
+        t.started_by = Some(deployment.to_string());
+        t.group = Some(format!("service:{service}"));
+        t
     }
 }

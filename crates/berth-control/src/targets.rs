@@ -28,16 +28,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use berth_model::{HealthStatus, TargetGroup, TargetHealthRecord, TargetRecord, Task, TaskStatus, Timestamp};
-use berth_server::keys;
+use berth_records::{Cache, Env, Stored, TaskDefs, encode, keys};
 use berth_store::{
     CmpOp, Compare, DynStore, Event, EventKind, Op, RangeRequest, Revision, StoreError, TxnRequest, WatchBatch,
 };
 use serde_json::{Value, json};
 
 use crate::ControlError;
-use crate::cache::{Cache, Cached};
-use crate::records::{TaskDefs, task_write, to_json};
-use crate::services::now;
 
 /// The task member the reconciler sets instead of stopping an LB-registered task.
 pub const DEREGISTRATION: &str = "berthDeregistration";
@@ -128,7 +125,7 @@ fn task_targets(t: &Task, svc: &berth_model::Service, host_ip: &str, lb: &LbView
     let mut out = Vec::new();
     for l in &svc.load_balancers {
         let Some(arn) = &l.target_group_arn else { continue };
-        let group = berth_server::elb::target_group_name(arn);
+        let group = berth_model::target_group_name(arn);
         let Some(g) = lb.groups.get(group) else { continue };
         let port = t
             .containers
@@ -151,6 +148,7 @@ fn task_targets(t: &Task, svc: &berth_model::Service, host_ip: &str, lb: &LbView
 /// The target controller (see the module docs).
 pub struct TargetController {
     store: DynStore,
+    env: Env,
     taskdefs: TaskDefs,
 }
 
@@ -158,8 +156,15 @@ impl TargetController {
     pub fn new(store: DynStore) -> Self {
         TargetController {
             store,
+            env: Env::system(),
             taskdefs: TaskDefs::default(),
         }
+    }
+
+    /// Stamps records with `env`'s clock.
+    pub fn with_env(mut self, env: Env) -> Self {
+        self.env = env;
+        self
     }
 
     async fn has_health_check(&mut self, arn: &str) -> Result<bool, ControlError> {
@@ -172,7 +177,7 @@ impl TargetController {
 
     /// One pass; returns the earliest drain deadline to wake up for.
     pub async fn pass(&mut self, cache: &Cache, lb: &LbView) -> Result<Option<Timestamp>, ControlError> {
-        let now = now();
+        let now = self.env.now();
         let mut wake: Option<Timestamp> = None;
         let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
         for (cname, view) in &cache.clusters {
@@ -275,7 +280,7 @@ impl TargetController {
                     let tkey = keys::task(cname, &t.value.id);
                     let txn = TxnRequest::new()
                         .when(Compare::mod_revision(&tkey, CmpOp::Equal, t.mod_revision))
-                        .then(Op::put(&tkey, to_json(&t.value, &raw)?));
+                        .then(Op::put(&tkey, encode(&t.value, &raw)?));
                     self.store.txn(txn).await?;
                 }
             }
@@ -297,10 +302,7 @@ impl TargetController {
         let key = keys::target(group, addr);
         let mut txn = TxnRequest::new()
             .when(Compare::mod_revision(&key, CmpOp::Equal, rev))
-            .then(Op::put(
-                &key,
-                serde_json::to_vec(rec).map_err(|e| ControlError::Encode(e.to_string()))?,
-            ));
+            .then(Op::put(&key, berth_records::to_json(rec)?));
         if rev == 0 || rec.state == "registered" {
             // A fresh registration starts from `initial`, not an old health record.
             txn = txn.then(Op::delete(keys::target_health(group, addr)));
@@ -309,11 +311,13 @@ impl TargetController {
         Ok(())
     }
 
-    async fn mark_deactivating(&self, cluster: &str, t: &Cached<Task>) -> Result<(), ControlError> {
+    async fn mark_deactivating(&self, cluster: &str, t: &Stored<Task>) -> Result<(), ControlError> {
         let mut task = t.value.clone();
         task.last_status = TaskStatus::Deactivating;
         task.version += 1;
-        self.store.txn(task_write(cluster, t, &task)?).await?;
+        self.store
+            .txn(berth_records::replace(&keys::task(cluster, &task.id), t, &task)?)
+            .await?;
         Ok(())
     }
 
@@ -321,20 +325,20 @@ impl TargetController {
     async fn stop_task(
         &self,
         cluster: &str,
-        t: &Cached<Task>,
+        t: &Stored<Task>,
         reason: &str,
         code: &str,
         targets: &[((String, String), Revision)],
         _lb: &LbView,
     ) -> Result<(), ControlError> {
         let mut task = t.value.clone();
-        let at = now();
+        let at = self.env.now();
         task.desired_status = TaskStatus::Stopped;
         task.stopping_at.get_or_insert(at);
         task.stop_code.get_or_insert_with(|| code.to_string());
         task.stopped_reason.get_or_insert_with(|| reason.to_string());
         task.version += 1;
-        let mut txn = task_write(cluster, t, &task)?;
+        let mut txn = berth_records::replace(&keys::task(cluster, &task.id), t, &task)?;
         for ((g, a), rev) in targets {
             let key = keys::target(g, a);
             txn = txn
@@ -348,16 +352,17 @@ impl TargetController {
 
     /// Runs until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
-        crate::follow::follow(self.store.clone(), self, shutdown).await
+        berth_records::follow(self.store.clone(), self.env.clock.clone(), self, shutdown).await
     }
 }
 
-impl crate::follow::Follower for TargetController {
+impl berth_records::Follower for TargetController {
     type View = (Cache, LbView);
+    type Error = ControlError;
     const NAME: &'static str = "target controller";
 
     async fn load_view(&mut self) -> Result<((Cache, LbView), Revision), ControlError> {
-        let (cache, revision) = crate::follow::load_cache(&self.store).await?;
+        let (cache, revision) = crate::services::load_cache(&self.store).await?;
         let lb = LbView::load(&self.store, revision).await?;
         Ok(((cache, lb), revision))
     }
@@ -374,7 +379,7 @@ impl crate::follow::Follower for TargetController {
     }
 }
 
-fn new_target(addr: &str, t: &Cached<Task>, cluster: &str, service: &str, now: Timestamp) -> TargetRecord {
+fn new_target(addr: &str, t: &Stored<Task>, cluster: &str, service: &str, now: Timestamp) -> TargetRecord {
     TargetRecord {
         id: addr.to_string(),
         task_arn: t.value.task_arn.clone(),

@@ -198,8 +198,18 @@ impl DevCluster {
             ),
             None => None,
         };
-        let plan = berth_control::plan_router(store.clone(), config.auth.clone(), config.default_region.clone());
-        let listing = berth_dns::router(discovery.clone(), config.auth.clone(), config.default_region.clone());
+        let plan = berth_server::authenticated(
+            berth_control::plan_router(store.clone()),
+            config.auth.clone(),
+            config.default_region.clone(),
+            "PlanService",
+        );
+        let listing = berth_server::authenticated(
+            berth_dns::router(discovery.clone()),
+            config.auth.clone(),
+            config.default_region.clone(),
+            "DiscoverService",
+        );
         let app = berth_server::router(store.clone(), config)
             .merge(berth_gateway::router(store.clone(), gateway))
             .merge(plan)

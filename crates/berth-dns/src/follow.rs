@@ -6,9 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
-use berth_control::Cache;
 use berth_model::TaskDefinition;
-use berth_server::keys;
+use berth_records::{Cache, keys};
 use berth_store::{DynStore, StoreError};
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -134,11 +133,7 @@ impl Discovery {
 }
 
 async fn read_taskdef(store: &DynStore, arn: &str) -> Result<Option<TaskDefInfo>, DnsError> {
-    let tail = arn.rsplit('/').next().unwrap_or(arn);
-    let Some((family, rev)) = tail.rsplit_once(':') else {
-        return Ok(None);
-    };
-    let Ok(rev) = rev.parse::<u32>() else {
+    let Some((family, rev)) = keys::family_revision(arn) else {
         return Ok(None);
     };
     let Some(kv) = store.get(keys::taskdef(family, rev).as_bytes()).await? else {

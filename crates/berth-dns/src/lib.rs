@@ -34,7 +34,7 @@ pub enum DnsError {
     #[error(transparent)]
     Store(#[from] berth_store::StoreError),
     #[error(transparent)]
-    Control(#[from] berth_control::ControlError),
+    Records(#[from] berth_records::RecordsError),
     #[error("{0}")]
     Io(String),
     #[error("DNS message: {0}")]

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use berth_control::ClusterView;
 use berth_model::{HealthStatus, ServiceStatus, Task, TaskDefinition, TaskStatus};
+use berth_records::ClusterView;
 use serde::Serialize;
 
 /// The instance attribute holding the host IP tasks are reached at.

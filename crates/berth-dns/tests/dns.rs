@@ -240,7 +240,7 @@ async fn dns_and_http_follow_the_store() {
     // The HTTP listing has the same data.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = berth_dns::router(discovery.clone(), berth_server::Auth::Disabled, "us-east-1".into());
+    let app = berth_dns::router(discovery.clone());
     let http = tokio::spawn(async move { axum::serve(listener, app).await });
     let v: Value = reqwest::get(format!("{url}/v1/discovery/default/web"))
         .await

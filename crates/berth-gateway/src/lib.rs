@@ -35,6 +35,8 @@ use berth_store::DynStore;
 pub enum GatewayError {
     #[error(transparent)]
     Store(#[from] berth_store::StoreError),
+    #[error(transparent)]
+    Records(#[from] berth_records::RecordsError),
     #[error("cannot decode a stored record: {0}")]
     Decode(String),
     #[error("refused: {0}")]
@@ -54,6 +56,8 @@ pub struct GatewayConfig {
     /// without a reconnect, its tasks are stopped).
     pub disconnect_timeout: Duration,
     pub arns: ArnContext,
+    /// The clock and ids records are stamped with.
+    pub env: berth_records::Env,
 }
 
 impl Default for GatewayConfig {
@@ -63,6 +67,7 @@ impl Default for GatewayConfig {
             heartbeat_interval: Duration::from_secs(2),
             disconnect_timeout: Duration::from_secs(10),
             arns: ArnContext::default(),
+            env: berth_records::Env::system(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::ws::{Message, WebSocket};
 use berth_model::{Task, TaskStatus};
 use berth_proto::{AgentMessage, DesiredTasks, ErrorMessage, RegisterAck, ServerMessage, TaskUpdate};
-use berth_server::keys;
+use berth_records::{TaskDefs, keys};
 use berth_store::EventKind;
 use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
@@ -47,7 +47,7 @@ async fn lost_timer(shared: Arc<Shared>, cluster: String, instance: String, gene
         tracing::warn!(error = %e, instance, "marking instance disconnected failed");
         return;
     }
-    match records::stop_lost_tasks(&shared.store, &cluster, &instance).await {
+    match records::stop_lost_tasks(&shared.store, &shared.config.env, &cluster, &instance).await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(instance, tasks = n, "agent lost: its tasks are marked STOPPED"),
         Err(e) => tracing::warn!(error = %e, instance, "stopping a lost agent's tasks failed"),
@@ -82,7 +82,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket) {
         return;
     }
     let cluster = register.cluster.clone();
-    let instance = match records::register(&shared.store, &register).await {
+    let instance = match records::register(&shared.store, &shared.config.env, &register).await {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(cluster, error = %e, "agent registration refused");
@@ -141,10 +141,11 @@ async fn serve(
     }
     // What the agent was last told per task: its desired status.
     let mut told: HashMap<String, TaskStatus> = HashMap::new();
+    let mut taskdefs = TaskDefs::default();
     let (tasks, revision) = records::tasks_on(store, cluster, instance).await?;
     let mut desired = Vec::new();
-    for (t, overrides) in &tasks {
-        if let Some(d) = records::desired_task(store, arns, t, overrides.as_ref()).await? {
+    for t in &tasks {
+        if let Some(d) = records::desired_task(store, &mut taskdefs, arns, t).await? {
             told.insert(t.id.clone(), t.desired_status);
             desired.push(d);
         }
@@ -167,7 +168,7 @@ async fn serve(
                 match serde_json::from_str::<AgentMessage>(&text) {
                     Ok(AgentMessage::Heartbeat(_)) => {}
                     Ok(AgentMessage::TaskStateChange(change)) => {
-                        records::apply_state_change(store, cluster, instance, &change).await?;
+                        records::apply_state_change(store, &shared.config.env, cluster, instance, &change).await?;
                     }
                     Ok(AgentMessage::ContainerHealth(h)) => {
                         // Folded into a state change carrying the new health.
@@ -188,9 +189,7 @@ async fn serve(
                     if e.kind != EventKind::Put {
                         continue;
                     }
-                    let Ok(raw) = serde_json::from_slice::<serde_json::Value>(&e.kv.value) else { continue };
-                    let overrides = raw.get("overrides").cloned();
-                    let Ok(t) = serde_json::from_value::<Task>(raw) else { continue };
+                    let Ok(t) = serde_json::from_slice::<Task>(&e.kv.value) else { continue };
                     if t.container_instance.as_deref() != Some(instance) {
                         continue;
                     }
@@ -200,7 +199,7 @@ async fn serve(
                     let update = if t.desired_status == TaskStatus::Stopped {
                         TaskUpdate::Stop { task_arn: task_arn(arns, cluster, &t.id), reason: t.stopped_reason.clone() }
                     } else {
-                        match records::desired_task(store, arns, &t, overrides.as_ref()).await? {
+                        match records::desired_task(store, &mut taskdefs, arns, &t).await? {
                             Some(d) => TaskUpdate::Add { task: d },
                             None => continue,
                         }

@@ -41,11 +41,7 @@ impl Cluster {
         };
         let app = berth_server::router(store.clone(), berth_server::ServerConfig::default())
             .merge(berth_gateway::router(store.clone(), gateway))
-            .merge(berth_control::plan_router(
-                store.clone(),
-                berth_server::Auth::Disabled,
-                "us-east-1".into(),
-            ));
+            .merge(berth_control::plan_router(store.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             axum::serve(listener, app)

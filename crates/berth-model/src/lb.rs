@@ -118,6 +118,17 @@ impl Validate for TargetHealthCheck {
 }
 
 /// A target group (`/lb/targetgroups/{name}`).
+/// The name of a target group given by name or ARN
+/// (`arn:aws:elasticloadbalancing:R:A:targetgroup/NAME/ID`).
+pub fn target_group_name(s: &str) -> &str {
+    if s.starts_with("arn:") {
+        s.split_once(":targetgroup/")
+            .map_or(s, |(_, rest)| rest.split('/').next().unwrap_or(rest))
+    } else {
+        s
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetGroup {

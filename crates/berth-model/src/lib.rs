@@ -11,6 +11,7 @@
 mod arn;
 mod cluster;
 mod lb;
+mod overrides;
 mod resources;
 mod service;
 mod task;
@@ -22,8 +23,9 @@ pub use arn::{Arn, ArnContext, DEFAULT_ACCOUNT, DEFAULT_REGION, ResourceType, sh
 pub use cluster::{Attribute, Cluster, ContainerInstance, InstanceStatus, KeyValuePair, Tag, VersionInfo};
 pub use lb::{
     LbAlgorithm, Listener, ListenerRule, LoadBalancerDef, TargetGroup, TargetHealthCheck, TargetHealthRecord,
-    TargetRecord,
+    TargetRecord, target_group_name,
 };
+pub use overrides::{AwsVpcConfiguration, ContainerOverride, NetworkConfiguration, TaskOverride};
 pub use resources::{Eni, PortSet, Protocol, ResourceKind, Resources, Shortfall};
 pub use service::{
     Deployment, DeploymentCircuitBreaker, DeploymentConfiguration, LoadBalancer, PlacementStrategy, RolloutState,

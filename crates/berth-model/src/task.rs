@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Resources, Timestamp, Validate, ValidationError, validate::check_name};
+use crate::{
+    NetworkConfiguration, PlacementConstraint, PlacementStrategy, Resources, TaskDefinition, TaskOverride, Timestamp,
+    Validate, ValidationError, validate::check_name,
+};
 
 /// The ECS task lifecycle, in order. `lastStatus` only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -135,6 +138,93 @@ pub struct Task {
     pub pending_reasons: Vec<String>,
     #[serde(default)]
     pub version: u64,
+    /// What RunTask/StartTask changed about the definition (the agent runs
+    /// `overrides.apply(definition)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<TaskOverride>,
+    /// The caller's (or service's) constraints, on top of the definition's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_constraints: Vec<PlacementConstraint>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_strategy: Vec<PlacementStrategy>,
+    /// `awsvpc` tasks: the security groups their ENI is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_configuration: Option<NetworkConfiguration>,
+}
+
+impl Task {
+    /// A new task of `definition` (overrides already applied): wanted
+    /// RUNNING, waiting in PROVISIONING for placement, one container per
+    /// container definition, reserving the definition's demand. Callers
+    /// set the members their call has (group, startedBy, tier, placement).
+    pub fn new(
+        id: String,
+        task_arn: String,
+        cluster: &str,
+        task_definition_arn: String,
+        definition: &TaskDefinition,
+        created_at: Timestamp,
+    ) -> Task {
+        let status = TaskStatus::Provisioning;
+        Task {
+            id,
+            task_arn,
+            cluster: cluster.to_string(),
+            task_definition_arn,
+            container_instance: None,
+            last_status: status,
+            desired_status: TaskStatus::Running,
+            containers: definition
+                .container_definitions
+                .iter()
+                .map(|c| Container {
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    last_status: status,
+                    exit_code: None,
+                    reason: None,
+                    runtime_id: None,
+                    network_bindings: Vec::new(),
+                    health_status: HealthStatus::Unknown,
+                })
+                .collect(),
+            demand: definition.demand(),
+            started_by: None,
+            group: None,
+            created_at,
+            started_at: None,
+            stopping_at: None,
+            stopped_at: None,
+            stop_code: None,
+            stopped_reason: None,
+            health_status: HealthStatus::Unknown,
+            tier: 0,
+            pending_reasons: Vec::new(),
+            version: 1,
+            overrides: None,
+            placement_constraints: Vec::new(),
+            placement_strategy: Vec::new(),
+            network_configuration: None,
+        }
+    }
+
+    /// Places the task on `instance`: PENDING, with the host ports bound
+    /// for each container (`bindings` by container name; containers not
+    /// named get none) and `demand` (which includes those ports) reserved.
+    pub fn place(&mut self, instance: &str, bindings: &[(String, Vec<NetworkBinding>)], demand: Resources) {
+        self.container_instance = Some(instance.to_string());
+        self.last_status = TaskStatus::Pending;
+        for c in &mut self.containers {
+            c.last_status = TaskStatus::Pending;
+            c.network_bindings = bindings
+                .iter()
+                .find(|(n, _)| *n == c.name)
+                .map(|(_, b)| b.clone())
+                .unwrap_or_default();
+        }
+        self.demand = demand;
+        self.pending_reasons.clear();
+    }
 }
 
 impl Validate for Task {

@@ -1,83 +1,31 @@
 //! What every operation shares: the store handle, the caller's ARN context,
 //! typed record reads, request decoding, pagination and name resolution.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use berth_model::{Arn, ArnContext, Cluster, ResourceType, Tag, Timestamp, short_name};
+use berth_records::{Attempt, Budget, Change, Env, Stored};
 use berth_store::{DynStore, KeyValue, RangeRequest, Revision};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::keys;
 
-/// How often a mutation re-reads and retries after its compares failed.
-pub(crate) const MAX_ATTEMPTS: usize = 64;
-
-/// One request's view of the API: the store and the caller's region/account.
+/// One request's view of the API: the store, the caller's region/account,
+/// and the clock and ids records are stamped with.
 #[derive(Clone)]
 pub(crate) struct Api {
     pub store: DynStore,
     pub ctx: ArnContext,
-}
-
-/// A record as read: typed, its raw JSON object (for members the model does
-/// not carry) and its mod_revision (for compares).
-#[derive(Debug, Clone)]
-pub(crate) struct Stored<T> {
-    pub value: T,
-    pub raw: Map<String, Value>,
-    pub mod_revision: Revision,
-}
-
-pub(crate) fn now() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| (d.as_millis() as f64) / 1000.0)
-        .unwrap_or(0.0)
-}
-
-/// A fresh 32-hex-digit id, the form ECS uses for tasks and instances.
-pub(crate) fn new_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    hex::encode(bytes)
+    pub env: Env,
 }
 
 pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(v).map_err(|e| ApiError::Server(format!("encoding a record: {e}")))
-}
-
-/// Serializes `v` and adds the members of `extra` it does not have.
-pub(crate) fn to_json_with<T: Serialize>(v: &T, extra: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
-    let mut value = serde_json::to_value(v).map_err(|e| ApiError::Server(format!("encoding a record: {e}")))?;
-    if let Value::Object(m) = &mut value {
-        for (k, x) in extra {
-            if !m.contains_key(k) {
-                m.insert(k.clone(), x.clone());
-            }
-        }
-    }
-    to_json(&value)
+    Ok(berth_records::to_json(v)?)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<Stored<T>, ApiError> {
-    let bad = |e: serde_json::Error| {
-        ApiError::Server(format!("record {} is not valid: {e}", String::from_utf8_lossy(&kv.key)))
-    };
-    let whole: Value = serde_json::from_slice(&kv.value).map_err(bad)?;
-    let value = T::deserialize(&whole).map_err(bad)?;
-    let Value::Object(raw) = whole else {
-        return Err(ApiError::Server(format!(
-            "record {} is not a JSON object",
-            String::from_utf8_lossy(&kv.key)
-        )));
-    };
-    Ok(Stored {
-        value,
-        raw,
-        mod_revision: kv.mod_revision,
-    })
+    Ok(Stored::from_kv(kv)?)
 }
 
 /// Decodes the request body into an operation's input; errors name the member.
@@ -164,6 +112,43 @@ pub(crate) struct Page {
 }
 
 impl Api {
+    pub fn now(&self) -> Timestamp {
+        self.env.now()
+    }
+
+    pub fn new_id(&self) -> String {
+        self.env.new_id()
+    }
+
+    /// Runs one compare-and-swap of this request (see
+    /// [`berth_records::transact`]): `what` names the operation in the
+    /// conflict error.
+    pub async fn transact<R, F, Fut>(&self, what: &str, attempt: F) -> Result<R, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt<R>, ApiError>>,
+    {
+        berth_records::transact(&self.store, Budget::DEFAULT, what, attempt).await
+    }
+
+    /// [`Api::transact`], also returning the commit's revision.
+    pub async fn transact_at<R, F, Fut>(&self, what: &str, attempt: F) -> Result<(R, Option<Revision>), ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt<R>, ApiError>>,
+    {
+        berth_records::transact_at(&self.store, Budget::DEFAULT, what, attempt).await
+    }
+
+    /// Updates one record (see [`berth_records::update`]).
+    pub async fn update<T: berth_records::Record>(
+        &self,
+        key: &str,
+        decide: impl FnMut(Option<&Stored<T>>) -> Result<Change<T>, ApiError>,
+    ) -> Result<Option<Stored<T>>, ApiError> {
+        berth_records::update(&self.store, key, Budget::DEFAULT, decide).await
+    }
+
     pub fn arn(&self, resource: ResourceType, path: impl Into<String>) -> String {
         Arn::new(&self.ctx, resource, path).to_string()
     }
@@ -173,10 +158,7 @@ impl Api {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Stored<T>>, ApiError> {
-        match self.store.get(key.as_bytes()).await? {
-            Some(kv) => Ok(Some(decode(&kv)?)),
-            None => Ok(None),
-        }
+        Ok(berth_records::get(&self.store, key).await?)
     }
 
     /// The cluster named by `input` (name or ARN; `default` when absent),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_model::{Container, HealthStatus, ResourceType, Resources, Task, TaskStatus};
+use berth_model::{ContainerDefinition, ResourceType, Task, TaskDefinition};
 use berth_store::{DynStore, Op, TxnRequest};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -85,38 +85,36 @@ async fn call_json(client: &HttpClient, base: &str, op: &str, body: &Value) -> R
 
 fn seed_task(ctx_arn: &str, i: usize) -> Task {
     let id = format!("{:016x}{:016x}", 0xbe47_u64, i as u64);
-    Task {
-        task_arn: format!("{ctx_arn}/{CLUSTER}/{id}"),
-        cluster: CLUSTER.into(),
+    let td = TaskDefinition {
+        family: "bench".into(),
+        revision: 1,
         task_definition_arn: "arn:aws:ecs:us-east-1:123456789012:task-definition/bench:1".into(),
-        container_instance: None,
-        last_status: TaskStatus::Provisioning,
-        desired_status: TaskStatus::Running,
-        containers: vec![Container {
+        container_definitions: vec![ContainerDefinition {
             name: "app".into(),
             image: "busybox".into(),
-            last_status: TaskStatus::Provisioning,
-            exit_code: None,
-            reason: None,
-            runtime_id: None,
-            network_bindings: Vec::new(),
-            health_status: HealthStatus::Unknown,
+            cpu: 128,
+            memory: Some(128),
+            ..Default::default()
         }],
-        demand: Resources::new(128, 128),
-        started_by: Some(format!("seed-{}", i % 100)),
-        group: Some("family:bench".into()),
-        created_at: 1.7e9,
-        started_at: None,
-        stopping_at: None,
-        stopped_at: None,
-        stop_code: None,
-        stopped_reason: None,
-        health_status: HealthStatus::Unknown,
-        tier: 0,
-        pending_reasons: Vec::new(),
-        version: 1,
-        id,
-    }
+        network_mode: Default::default(),
+        placement_constraints: Vec::new(),
+        cpu: None,
+        memory: None,
+        status: Default::default(),
+        registered_at: None,
+        deregistered_at: None,
+    };
+    let mut t = Task::new(
+        id.clone(),
+        format!("{ctx_arn}/{CLUSTER}/{id}"),
+        CLUSTER,
+        td.task_definition_arn.clone(),
+        &td,
+        1.7e9,
+    );
+    t.started_by = Some(format!("seed-{}", i % 100));
+    t.group = Some("family:bench".into());
+    t
 }
 
 /// Writes `n` tasks straight into the store in batched transactions.

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{Api, decode, input, new_id, now, to_json};
+use crate::api::{Api, decode, input, to_json};
 use crate::auth::sigv4::SignedRequest;
 use crate::error::ApiError;
 use crate::keys;
@@ -32,16 +32,7 @@ use crate::server::{Shared, error_response};
 /// The path prefix of the operations.
 pub const ELB_PATH: &str = "/v1/elb/";
 
-/// The name of a target group given by name or ARN
-/// (`arn:aws:elasticloadbalancing:R:A:targetgroup/NAME/ID`).
-pub fn target_group_name(s: &str) -> &str {
-    if s.starts_with("arn:") {
-        s.split_once(":targetgroup/")
-            .map_or(s, |(_, rest)| rest.split('/').next().unwrap_or(rest))
-    } else {
-        s
-    }
-}
+pub use berth_model::target_group_name;
 
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
@@ -50,7 +41,7 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request_id = new_id();
+    let request_id = shared.config.env.new_id();
     match serve(&shared, &op, &uri, &headers, &body).await {
         Ok(v) => {
             let mut r = axum::response::IntoResponse::into_response(v.to_string());
@@ -91,6 +82,7 @@ async fn serve(shared: &Shared, op: &str, uri: &Uri, headers: &HeaderMap, body: 
             region: caller.region,
             account: shared.config.account_id.clone(),
         },
+        env: shared.config.env.clone(),
     };
     match op {
         "CreateTargetGroup" => create_target_group(&api, &input).await,
@@ -314,7 +306,7 @@ async fn create_load_balancer(api: &Api, body: &Value) -> Result<Value, ApiError
         lb.load_balancer_name,
         hex::encode(id)
     );
-    lb.created_at = now();
+    lb.created_at = api.now();
     let txn = TxnRequest::new()
         .when(Compare::missing(&key))
         .then(Op::put(&key, to_json(&lb)?));
@@ -541,7 +533,7 @@ async fn report_health(api: &Api, body: &Value) -> Result<Value, ApiError> {
         }
         let rec = TargetHealthRecord {
             state: h.state.clone(),
-            since: now(),
+            since: api.now(),
             in_flight: h.in_flight,
         };
         let txn = TxnRequest::new()

@@ -116,6 +116,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<berth_records::RecordsError> for ApiError {
+    fn from(e: berth_records::RecordsError) -> Self {
+        use berth_records::RecordsError;
+        match e {
+            RecordsError::Store(e) => e.into(),
+            RecordsError::Conflict { what, .. } => {
+                ApiError::Server(format!("{what}: gave up after repeated write conflicts; retry"))
+            }
+            other => ApiError::Server(other.to_string()),
+        }
+    }
+}
+
 /// Errors of the server as a whole (not of one request).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

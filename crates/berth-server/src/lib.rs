@@ -13,26 +13,29 @@
 //! - `auth`: SigV4 verification against a shared-credentials file.
 //! - `ops`: one file per operation group (clusters, instances, task
 //!   definitions, tasks, services, attributes, tags).
-//! - [`keys`]: the store key layout and the task index maintenance every
-//!   writer of task records must use.
+//! - records (keys, codec, compare-and-swap, clock and ids) come from
+//!   `berth-records`.
 //! - `query`: the subset of the ECS cluster query language used by filters
 //!   and `memberOf` constraints.
 //! - `events`: the server-sent-events stream of a cluster's changes.
 //! - [`bench`]: the HTTP load generator behind `berth server bench`.
 
 mod api;
+// The key space lives in the records layer; `crate::keys` names it here.
+use berth_records::keys;
 pub mod auth;
 pub mod bench;
 pub mod elb;
 mod error;
 mod events;
-pub mod keys;
+mod guard;
 mod ops;
 mod query;
 mod server;
 
 pub use auth::{AccessKey, Auth, Credentials};
 pub use error::{ApiError, ServerError};
+pub use guard::authenticated;
 pub use ops::OPERATIONS;
 pub use query::Query;
 pub use server::{ServerConfig, TARGET_PREFIX, no_delay, router, run};

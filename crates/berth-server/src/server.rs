@@ -14,7 +14,7 @@ use http::{HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::api::{Api, new_id};
+use crate::api::Api;
 use crate::auth::Auth;
 use crate::auth::sigv4::SignedRequest;
 use crate::error::{ApiError, ServerError};
@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Shared secret agents will present (the agent protocol is a later step).
     pub agent_token: Option<String>,
+    /// The clock and ids records are stamped with.
+    pub env: berth_records::Env,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +49,7 @@ impl Default for ServerConfig {
             account_id: DEFAULT_ACCOUNT.to_string(),
             max_body_bytes: 1024 * 1024,
             agent_token: None,
+            env: berth_records::Env::system(),
         }
     }
 }
@@ -115,7 +118,7 @@ pub(crate) fn error_response(e: &ApiError, request_id: &str) -> Response {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let request_id = new_id();
+    let request_id = shared.config.env.new_id();
     match serve(&shared, req).await {
         Ok(body) => json_response(StatusCode::OK, body, &request_id),
         Err(e) => {
@@ -194,6 +197,7 @@ async fn serve(shared: &Shared, req: Request) -> Result<Vec<u8>, ApiError> {
             region: caller.region,
             account: shared.config.account_id.clone(),
         },
+        env: shared.config.env.clone(),
     };
     match ops::dispatch(&api, &operation, &input).await? {
         Reply::Bytes(b) => Ok(b),

@@ -261,7 +261,7 @@ async fn stop_moves_tasks_between_indexes_and_unblocks_cluster_deletion() {
     assert_eq!(running["taskArns"].as_array().unwrap().len(), 0);
     let pending = s
         .store
-        .range(berth_store::RangeRequest::prefix(berth_server::keys::pending_in(
+        .range(berth_store::RangeRequest::prefix(berth_records::keys::pending_in(
             "gone",
         )))
         .await
@@ -286,7 +286,7 @@ async fn run_task_queues_provisioning_tasks_for_the_launcher() {
     assert_eq!(v["tasks"].as_array().unwrap().len(), 3);
     let pending = s
         .store
-        .range(berth_store::RangeRequest::prefix(berth_server::keys::PENDING))
+        .range(berth_store::RangeRequest::prefix(berth_records::keys::PENDING))
         .await
         .unwrap();
     assert_eq!(pending.kvs.len(), 3);

@@ -201,3 +201,133 @@ async fn server_and_agent_processes() {
     })
     .await;
 }
+
+/// Every `run.json` (pid of a started container process) under `dir`.
+fn run_records(dir: &std::path::Path, out: &mut Vec<Value>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            run_records(&p, out);
+        } else if p.file_name().is_some_and(|n| n == "run.json")
+            && let Ok(v) = serde_json::from_slice(&std::fs::read(&p).unwrap_or_default())
+        {
+            out.push(v);
+        }
+    }
+}
+
+/// `NAME=VALUE` entries of a live process's environment.
+fn environ(pid: u64) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .map(|kv| String::from_utf8_lossy(kv).into_owned())
+        .collect()
+}
+
+/// RunTask overrides reach the process the agent starts (environment) and
+/// the agent's view of the task (task-level cpu/memory), and the instance
+/// reserves the overridden cpu/memory, not the definition's.
+#[tokio::test]
+async fn run_task_overrides_reach_the_agent_and_the_reservation() {
+    let testapp = std::path::Path::new(berth()).with_file_name("berth-testapp");
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(&dir.path().join("server"));
+    let http = reqwest::Client::new();
+    call(&http, &url, "CreateCluster", json!({"clusterName": "default"})).await;
+    let state = dir.path().join("agent");
+    let _agent = start_agent(&url, &state);
+    let ci = wait("the agent to register", 30, || async {
+        let l = call(&http, &url, "ListContainerInstances", json!({})).await;
+        l["containerInstanceArns"][0].as_str().map(|s| json!(s))
+    })
+    .await;
+    call(
+        &http,
+        &url,
+        "RegisterTaskDefinition",
+        json!({"family": "env", "containerDefinitions": [{
+            "name": "app", "image": testapp.display().to_string(), "cpu": 128, "memory": 64,
+            "environment": [{"name": "KEEP", "value": "1"}, {"name": "GREETING", "value": "hello"}],
+            "portMappings": [{"containerPort": 8080}], "stopTimeout": 2}]}),
+    )
+    .await;
+    let run = call(
+        &http,
+        &url,
+        "RunTask",
+        json!({"taskDefinition": "env", "overrides": {
+            "containerOverrides": [{"name": "app", "environment": [
+                {"name": "GREETING", "value": "overridden"}, {"name": "EXTRA", "value": "yes"}]}],
+            "cpu": "512", "memory": "256"}}),
+    )
+    .await;
+    let arn = run["tasks"][0]["taskArn"].as_str().unwrap().to_string();
+    let task_id = arn.rsplit('/').next().unwrap().to_string();
+    wait("RUNNING", 30, || async {
+        let t = call(&http, &url, "DescribeTasks", json!({"tasks": [arn.clone()]})).await["tasks"][0].clone();
+        (t["lastStatus"] == "RUNNING").then_some(t)
+    })
+    .await;
+
+    // The running process has the overridden environment.
+    let env = wait("the task's process", 30, || async {
+        let mut runs = Vec::new();
+        run_records(&state, &mut runs);
+        runs.iter()
+            .filter_map(|r| r["pid"].as_u64())
+            .map(environ)
+            .find(|e| e.iter().any(|kv| kv.starts_with("GREETING=")))
+    })
+    .await;
+    for want in ["GREETING=overridden", "EXTRA=yes", "KEEP=1"] {
+        assert!(env.iter().any(|kv| kv == want), "{want} missing from {env:?}");
+    }
+
+    // The instance reserves the task-level override, not 128/64.
+    let d = call(
+        &http,
+        &url,
+        "DescribeContainerInstances",
+        json!({"containerInstances": [ci.clone()]}),
+    )
+    .await;
+    let inst = &d["containerInstances"][0];
+    let remaining = |name: &str| {
+        inst["remainingResources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["integerValue"].as_i64())
+    };
+    assert_eq!(remaining("CPU"), Some(2048 - 512), "{inst}");
+    assert_eq!(remaining("MEMORY"), Some(2048 - 256), "{inst}");
+
+    // The agent's own view of the task (its metadata endpoint) has the
+    // task-level limits it was sent.
+    let endpoint = inst["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "berth.metadata-endpoint")
+        .and_then(|a| a["value"].as_str())
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let base = if endpoint.starts_with("http") {
+        endpoint
+    } else {
+        format!("http://{endpoint}")
+    };
+    let meta: Value = http
+        .get(format!("{base}/v4/{task_id}/app/task"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["Limits"]["CPU"], json!(0.5), "{meta}");
+    assert_eq!(meta["Limits"]["Memory"], json!(256), "{meta}");
+}

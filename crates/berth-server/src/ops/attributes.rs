@@ -8,8 +8,9 @@ use berth_store::{CmpOp, Compare, Op, RangeRequest, TxnRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::conflict;
-use crate::api::{Api, MAX_ATTEMPTS, decode, id_and_cluster, input, max_results, to_json};
+use berth_records::Attempt;
+
+use crate::api::{Api, decode, id_and_cluster, input, max_results, to_json};
 use crate::error::ApiError;
 use crate::keys;
 
@@ -67,11 +68,13 @@ async fn change(api: &Api, body: &Value, put: bool) -> Result<Value, ApiError> {
         let (_, id) = id_and_cluster(target, ResourceType::ContainerInstance, &format!("{at}.targetId"))?;
         targets.push(id);
     }
-    for _ in 0..MAX_ATTEMPTS {
+    let (req, targets) = (&req, &targets);
+    let what = if put { "PutAttributes" } else { "DeleteAttributes" };
+    api.transact(what, || async move {
         let cluster = api.active_cluster(req.cluster.as_deref()).await?;
         let cname = cluster.value.cluster_name.clone();
         let mut records: BTreeMap<String, (ContainerInstance, i64)> = BTreeMap::new();
-        for id in &targets {
+        for id in targets {
             if records.contains_key(id) {
                 continue;
             }
@@ -83,7 +86,7 @@ async fn change(api: &Api, body: &Value, put: bool) -> Result<Value, ApiError> {
             records.insert(id.clone(), (st.value, st.mod_revision));
         }
         let mut out = Vec::new();
-        for (a, id) in req.attributes.iter().zip(&targets) {
+        for (a, id) in req.attributes.iter().zip(targets) {
             if let Some((ci, _)) = records.get_mut(id) {
                 if put {
                     ci.attributes
@@ -109,11 +112,9 @@ async fn change(api: &Api, body: &Value, put: bool) -> Result<Value, ApiError> {
                 .when(Compare::mod_revision(&key, CmpOp::Equal, *rev))
                 .then(Op::put(&key, to_json(ci)?));
         }
-        if api.store.txn(txn).await?.succeeded {
-            return Ok(json!({"attributes": out}));
-        }
-    }
-    Err(conflict(if put { "PutAttributes" } else { "DeleteAttributes" }))
+        Ok(Attempt::Commit(txn, json!({"attributes": out})))
+    })
+    .await
 }
 
 pub(crate) async fn put(api: &Api, body: &Value) -> Result<Value, ApiError> {

@@ -2,12 +2,13 @@
 //! UpdateCluster, UpdateClusterSettings.
 
 use berth_model::{Cluster, ContainerInstance, KeyValuePair, Tag, Validate};
+use berth_records::{Attempt, Change, Stored, encode};
 use berth_store::{CmpOp, Compare, Op, RangeRequest, TxnRequest};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::{conflict, failure};
-use crate::api::{Api, MAX_ATTEMPTS, Stored, check_tags, cluster_name, input, max_results, now, tags_json, to_json};
+use super::failure;
+use crate::api::{Api, check_tags, cluster_name, input, max_results, tags_json, to_json};
 use crate::error::ApiError;
 use crate::keys;
 
@@ -49,51 +50,42 @@ pub(crate) async fn create(api: &Api, body: &Value) -> Result<Value, ApiError> {
     check_tags("tags", &req.tags)?;
     check_settings(&req.settings)?;
     let key = keys::cluster(&name);
-    for _ in 0..MAX_ATTEMPTS {
-        let existing = api.get::<Cluster>(&key).await?;
-        if let Some(c) = &existing
-            && c.value.status == "ACTIVE"
-        {
-            return render(api, &c.value, true, true, true)
-                .await
-                .map(|c| json!({"cluster": c}));
-        }
-        let cluster = Cluster {
-            cluster_name: name.clone(),
-            cluster_arn: api.cluster_arn(&name),
-            status: "ACTIVE".into(),
-            tags: Vec::new(),
-            settings: if req.settings.is_empty() {
-                vec![KeyValuePair {
-                    name: "containerInsights".into(),
-                    value: "disabled".into(),
-                }]
+    let tag_key = keys::tags(&format!("cluster/{name}"));
+    let tags = to_json(&req.tags)?;
+    let after = api
+        .update(&key, |existing: Option<&Stored<Cluster>>| {
+            if existing.is_some_and(|c| c.value.status == "ACTIVE") {
+                return Ok(Change::keep());
+            }
+            let cluster = Cluster {
+                cluster_name: name.clone(),
+                cluster_arn: api.cluster_arn(&name),
+                status: "ACTIVE".into(),
+                tags: Vec::new(),
+                settings: if req.settings.is_empty() {
+                    vec![KeyValuePair {
+                        name: "containerInsights".into(),
+                        value: "disabled".into(),
+                    }]
+                } else {
+                    req.settings.clone()
+                },
+                created_at: api.now(),
+            };
+            cluster.validate()?;
+            // A cluster created again starts afresh.
+            let change = Change::put_with(cluster, Map::new());
+            Ok(if req.tags.is_empty() {
+                change.then(Op::delete(&tag_key))
             } else {
-                req.settings.clone()
-            },
-            created_at: now(),
-        };
-        cluster.validate()?;
-        let mut txn = TxnRequest::new()
-            .when(Compare::mod_revision(
-                &key,
-                CmpOp::Equal,
-                existing.as_ref().map_or(0, |c| c.mod_revision),
-            ))
-            .then(Op::put(&key, to_json(&cluster)?));
-        let tag_key = keys::tags(&format!("cluster/{name}"));
-        txn = if req.tags.is_empty() {
-            txn.then(Op::delete(&tag_key))
-        } else {
-            txn.then(Op::put(&tag_key, to_json(&req.tags)?))
-        };
-        if api.store.txn(txn).await?.succeeded {
-            return render(api, &cluster, true, true, true)
-                .await
-                .map(|c| json!({"cluster": c}));
-        }
-    }
-    Err(conflict("CreateCluster"))
+                change.then(Op::put(&tag_key, &tags))
+            })
+        })
+        .await?
+        .ok_or_else(|| ApiError::Server(format!("cluster {name} vanished while being created")))?;
+    render(api, &after.value, true, true, true)
+        .await
+        .map(|c| json!({"cluster": c}))
 }
 
 async fn count(api: &Api, prefix: &str) -> Result<u64, ApiError> {
@@ -223,40 +215,30 @@ struct DeleteInput {
 pub(crate) async fn delete(api: &Api, body: &Value) -> Result<Value, ApiError> {
     let req: DeleteInput = input(body)?;
     let name = cluster_name(Some(&req.cluster))?;
-    let key = keys::cluster(&name);
-    for _ in 0..MAX_ATTEMPTS {
-        let Some(Stored {
-            value: mut c,
-            mod_revision,
-            ..
-        }) = api.get::<Cluster>(&key).await?
-        else {
-            return Err(ApiError::ClusterNotFound);
-        };
-        if c.status == "INACTIVE" {
-            return Err(ApiError::ClusterNotFound);
-        }
+    let key = &keys::cluster(&name);
+    let name = &name;
+    api.transact("DeleteCluster", || async move {
         // Phase 1: fence out creators.
-        let original = c.status.clone();
-        c.status = DEPROVISIONING.into();
+        let mut original = String::new();
         let fenced = api
-            .store
-            .txn(
-                TxnRequest::new()
-                    .when(Compare::mod_revision(&key, CmpOp::Equal, mod_revision))
-                    .then(Op::put(&key, to_json(&c)?)),
-            )
-            .await?;
-        if !fenced.succeeded {
-            continue;
-        }
-        let fence_rev = fenced.revision;
+            .update(key, |cur: Option<&Stored<Cluster>>| match cur {
+                Some(c) if c.value.status != "INACTIVE" => {
+                    original.clone_from(&c.value.status);
+                    let mut c = c.value.clone();
+                    c.status = DEPROVISIONING.into();
+                    Ok(Change::put(c))
+                }
+                _ => Err(ApiError::ClusterNotFound),
+            })
+            .await?
+            .ok_or(ApiError::ClusterNotFound)?;
+        let mut c = fenced.value;
         // Phase 2: with creators fenced out, the counts cannot grow.
-        let refusal = if count(api, &keys::instances(&name)).await? > 0 {
+        let refusal = if count(api, &keys::instances(name)).await? > 0 {
             Some(ApiError::ClusterContainsContainerInstances)
-        } else if count(api, &keys::service_index_prefix(&name)).await? > 0 {
+        } else if count(api, &keys::service_index_prefix(name)).await? > 0 {
             Some(ApiError::ClusterContainsServices)
-        } else if count(api, &keys::task_index_prefix(&name, "RUNNING", "all", "")).await? > 0 {
+        } else if count(api, &keys::task_index_prefix(name, "RUNNING", "all", "")).await? > 0 {
             Some(ApiError::ClusterContainsTasks)
         } else {
             None
@@ -266,24 +248,18 @@ pub(crate) async fn delete(api: &Api, body: &Value) -> Result<Value, ApiError> {
             Some(_) => original,
             None => "INACTIVE".into(),
         };
-        let done = api
-            .store
-            .txn(
-                TxnRequest::new()
-                    .when(Compare::mod_revision(&key, CmpOp::Equal, fence_rev))
-                    .then(Op::put(&key, to_json(&c)?)),
-            )
-            .await?;
+        let txn = TxnRequest::new()
+            .when(Compare::mod_revision(key, CmpOp::Equal, fenced.mod_revision))
+            .then(Op::put(key, encode(&c, &fenced.raw)?));
         if let Some(e) = refusal {
+            api.store.txn(txn).await?;
             return Err(e);
         }
-        if done.succeeded {
-            let mut v = render(api, &c, false, true, false).await?;
-            v["status"] = json!("INACTIVE");
-            return Ok(json!({"cluster": v}));
-        }
-    }
-    Err(conflict("DeleteCluster"))
+        let mut v = render(api, &c, false, true, false).await?;
+        v["status"] = json!("INACTIVE");
+        Ok(Attempt::Commit(txn, json!({"cluster": v})))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -301,33 +277,22 @@ pub(crate) async fn update(api: &Api, body: &Value, settings_required: bool) -> 
     if let Some(s) = &req.settings {
         check_settings(s)?;
     }
-    for _ in 0..MAX_ATTEMPTS {
-        let Stored {
-            value: mut c,
-            mod_revision,
-            ..
-        } = api.active_cluster(Some(&req.cluster)).await?;
-        if let Some(settings) = &req.settings {
-            for s in settings {
+    let key = keys::cluster(&cluster_name(Some(&req.cluster))?);
+    let after = api
+        .update(&key, |cur: Option<&Stored<Cluster>>| {
+            let Some(c) = cur.filter(|c| c.value.status == "ACTIVE") else {
+                return Err(ApiError::ClusterNotFound);
+            };
+            let mut c = c.value.clone();
+            for s in req.settings.iter().flatten() {
                 match c.settings.iter_mut().find(|x| x.name == s.name) {
                     Some(x) => x.value.clone_from(&s.value),
                     None => c.settings.push(s.clone()),
                 }
             }
-        }
-        let key = keys::cluster(&c.cluster_name);
-        let ok = api
-            .store
-            .txn(
-                TxnRequest::new()
-                    .when(Compare::mod_revision(&key, CmpOp::Equal, mod_revision))
-                    .then(Op::put(&key, to_json(&c)?)),
-            )
-            .await?
-            .succeeded;
-        if ok {
-            return Ok(json!({"cluster": render(api, &c, true, true, false).await?}));
-        }
-    }
-    Err(conflict("UpdateCluster"))
+            Ok(Change::put(c))
+        })
+        .await?
+        .ok_or(ApiError::ClusterNotFound)?;
+    Ok(json!({"cluster": render(api, &after.value, true, true, false).await?}))
 }

@@ -12,8 +12,10 @@ use berth_store::{CmpOp, Compare, Op, RangeRequest, TxnRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{conflict, failure};
-use crate::api::{Api, MAX_ATTEMPTS, Stored, check_tags, id_and_cluster, input, max_results, now, tags_json, to_json};
+use berth_records::{Attempt, Stored};
+
+use super::failure;
+use crate::api::{Api, check_tags, id_and_cluster, input, max_results, tags_json, to_json};
 use crate::error::ApiError;
 use crate::keys;
 use crate::query::Query;
@@ -191,82 +193,82 @@ pub(crate) async fn register(api: &Api, body: &Value) -> Result<Value, ApiError>
         }
         attributes.insert(a.name.clone(), a.value.clone().unwrap_or_default());
     }
-    for _ in 0..MAX_ATTEMPTS {
-        let cluster = api.active_cluster(req.cluster.as_deref()).await?;
-        let cname = cluster.value.cluster_name.clone();
-        let mut existing = None;
-        let id = match &req.container_instance_arn {
-            Some(arn) => {
-                let (_, id) = id_and_cluster(arn, ResourceType::ContainerInstance, "containerInstanceArn")?;
-                existing = api.get::<ContainerInstance>(&keys::instance(&cname, &id)).await?;
-                if existing.is_none() {
-                    return Err(ApiError::invalid(
-                        "containerInstanceArn",
-                        format!("container instance {arn} is not registered in cluster {cname}"),
-                    ));
+    let (req, attributes, registered, doc_str) = (&req, &attributes, &registered, &doc_str);
+    let ((ci, tag_path), rev) = api
+        .transact_at("RegisterContainerInstance", || async move {
+            let cluster = api.active_cluster(req.cluster.as_deref()).await?;
+            let cname = cluster.value.cluster_name.clone();
+            let mut existing = None;
+            let id = match &req.container_instance_arn {
+                Some(arn) => {
+                    let (_, id) = id_and_cluster(arn, ResourceType::ContainerInstance, "containerInstanceArn")?;
+                    existing = api.get::<ContainerInstance>(&keys::instance(&cname, &id)).await?;
+                    if existing.is_none() {
+                        return Err(ApiError::invalid(
+                            "containerInstanceArn",
+                            format!("container instance {arn} is not registered in cluster {cname}"),
+                        ));
+                    }
+                    id
                 }
-                id
+                None => api.new_id(),
+            };
+            let ec2 = doc_str("instanceId").unwrap_or_else(|| format!("i-{}", &api.new_id()[..17]));
+            let ci = match &existing {
+                Some(Stored { value: old, .. }) => ContainerInstance {
+                    registered: registered.clone(),
+                    remaining: old.remaining.clone(),
+                    attributes: attributes.clone(),
+                    version_info: req.version_info.clone().unwrap_or_else(|| old.version_info.clone()),
+                    agent_connected: true,
+                    ..old.clone()
+                },
+                None => ContainerInstance {
+                    id: id.clone(),
+                    cluster: cname.clone(),
+                    ec2_instance_id: ec2,
+                    status: InstanceStatus::Active,
+                    agent_connected: true,
+                    registered: registered.clone(),
+                    remaining: registered.clone(),
+                    port_range: DEFAULT_PORT_RANGE,
+                    attributes: attributes.clone(),
+                    version_info: req.version_info.clone().unwrap_or_default(),
+                    running_tasks_count: 0,
+                    pending_tasks_count: 0,
+                    registered_at: api.now(),
+                    tags: Vec::new(),
+                },
+            };
+            ci.validate().map_err(|e| {
+                if e.field == "remainingResources" {
+                    ApiError::invalid("totalResources", "smaller than what the instance's tasks already use")
+                } else {
+                    e.into()
+                }
+            })?;
+            let key = keys::instance(&cname, &id);
+            let tag_path = format!("container-instance/{cname}/{id}");
+            let mut txn = TxnRequest::new()
+                .when(Compare::mod_revision(
+                    keys::cluster(&cname),
+                    CmpOp::Equal,
+                    cluster.mod_revision,
+                ))
+                .when(Compare::mod_revision(
+                    &key,
+                    CmpOp::Equal,
+                    existing.as_ref().map_or(0, |e| e.mod_revision),
+                ))
+                .then(Op::put(&key, to_json(&ci)?));
+            if !req.tags.is_empty() {
+                txn = txn.then(Op::put(keys::tags(&tag_path), to_json(&req.tags)?));
             }
-            None => crate::api::new_id(),
-        };
-        let ec2 = doc_str("instanceId").unwrap_or_else(|| format!("i-{}", &crate::api::new_id()[..17]));
-        let ci = match &existing {
-            Some(Stored { value: old, .. }) => ContainerInstance {
-                registered: registered.clone(),
-                remaining: old.remaining.clone(),
-                attributes: attributes.clone(),
-                version_info: req.version_info.clone().unwrap_or_else(|| old.version_info.clone()),
-                agent_connected: true,
-                ..old.clone()
-            },
-            None => ContainerInstance {
-                id: id.clone(),
-                cluster: cname.clone(),
-                ec2_instance_id: ec2,
-                status: InstanceStatus::Active,
-                agent_connected: true,
-                registered: registered.clone(),
-                remaining: registered.clone(),
-                port_range: DEFAULT_PORT_RANGE,
-                attributes: attributes.clone(),
-                version_info: req.version_info.clone().unwrap_or_default(),
-                running_tasks_count: 0,
-                pending_tasks_count: 0,
-                registered_at: now(),
-                tags: Vec::new(),
-            },
-        };
-        ci.validate().map_err(|e| {
-            if e.field == "remainingResources" {
-                ApiError::invalid("totalResources", "smaller than what the instance's tasks already use")
-            } else {
-                e.into()
-            }
-        })?;
-        let key = keys::instance(&cname, &id);
-        let tag_path = format!("container-instance/{cname}/{id}");
-        let mut txn = TxnRequest::new()
-            .when(Compare::mod_revision(
-                keys::cluster(&cname),
-                CmpOp::Equal,
-                cluster.mod_revision,
-            ))
-            .when(Compare::mod_revision(
-                &key,
-                CmpOp::Equal,
-                existing.as_ref().map_or(0, |e| e.mod_revision),
-            ))
-            .then(Op::put(&key, to_json(&ci)?));
-        if !req.tags.is_empty() {
-            txn = txn.then(Op::put(keys::tags(&tag_path), to_json(&req.tags)?));
-        }
-        let resp = api.store.txn(txn).await?;
-        if resp.succeeded {
-            let (tags, _) = api.tags(&tag_path).await?;
-            return Ok(json!({"containerInstance": render(api, &ci, resp.revision, Some(&tags))}));
-        }
-    }
-    Err(conflict("RegisterContainerInstance"))
+            Ok(Attempt::Commit(txn, (ci, tag_path)))
+        })
+        .await?;
+    let (tags, _) = api.tags(&tag_path).await?;
+    Ok(json!({"containerInstance": render(api, &ci, rev.unwrap_or_default(), Some(&tags))}))
 }
 
 #[derive(Deserialize)]
@@ -285,54 +287,54 @@ pub(crate) async fn deregister(api: &Api, body: &Value) -> Result<Value, ApiErro
         ResourceType::ContainerInstance,
         "containerInstance",
     )?;
-    for _ in 0..MAX_ATTEMPTS {
-        let cluster = api.active_cluster(req.cluster.as_deref()).await?;
-        let cname = &cluster.value.cluster_name;
-        let key = keys::instance(cname, &id);
-        let Some(Stored {
-            value: mut ci,
-            mod_revision,
-            ..
-        }) = api.get::<ContainerInstance>(&key).await?
-        else {
-            return Err(ApiError::invalid(
-                "containerInstance",
-                format!(
-                    "container instance {} not found in cluster {cname}",
-                    req.container_instance
-                ),
-            ));
-        };
-        let busy = api
-            .store
-            .range(RangeRequest::prefix(keys::task_index_prefix(cname, "RUNNING", "instance", &id)).count_only())
-            .await?
-            .count;
-        if busy > 0 && !req.force {
-            return Err(ApiError::invalid(
-                "containerInstance",
-                format!("the container instance has {busy} tasks; stop them or pass force"),
-            ));
-        }
-        let tag_path = format!("container-instance/{cname}/{id}");
-        let (tags, _) = api.tags(&tag_path).await?;
-        let mut txn = TxnRequest::new()
-            .when(Compare::mod_revision(&key, CmpOp::Equal, mod_revision))
-            .then(Op::delete(&key))
-            .then(Op::delete(keys::tags(&tag_path)));
-        if busy > 0 {
-            // Forced: its tasks are stopped (the agent, if still connected,
-            // is told to stop them; services replace them elsewhere).
-            txn = stop_tasks_on(api, txn, cname, &id).await?;
-        }
-        let resp = api.store.txn(txn).await?;
-        if resp.succeeded {
+    let (req, id) = (&req, &id);
+    let ((ci, tags), rev) = api
+        .transact_at("DeregisterContainerInstance", || async move {
+            let cluster = api.active_cluster(req.cluster.as_deref()).await?;
+            let cname = &cluster.value.cluster_name;
+            let key = keys::instance(cname, id);
+            let Some(Stored {
+                value: mut ci,
+                mod_revision,
+                ..
+            }) = api.get::<ContainerInstance>(&key).await?
+            else {
+                return Err(ApiError::invalid(
+                    "containerInstance",
+                    format!(
+                        "container instance {} not found in cluster {cname}",
+                        req.container_instance
+                    ),
+                ));
+            };
+            let busy = api
+                .store
+                .range(RangeRequest::prefix(keys::task_index_prefix(cname, "RUNNING", "instance", id)).count_only())
+                .await?
+                .count;
+            if busy > 0 && !req.force {
+                return Err(ApiError::invalid(
+                    "containerInstance",
+                    format!("the container instance has {busy} tasks; stop them or pass force"),
+                ));
+            }
+            let tag_path = format!("container-instance/{cname}/{id}");
+            let (tags, _) = api.tags(&tag_path).await?;
+            let mut txn = TxnRequest::new()
+                .when(Compare::mod_revision(&key, CmpOp::Equal, mod_revision))
+                .then(Op::delete(&key))
+                .then(Op::delete(keys::tags(&tag_path)));
+            if busy > 0 {
+                // Forced: its tasks are stopped (the agent, if still connected,
+                // is told to stop them; services replace them elsewhere).
+                txn = stop_tasks_on(api, txn, cname, id).await?;
+            }
             ci.status = InstanceStatus::Inactive;
             ci.agent_connected = false;
-            return Ok(json!({"containerInstance": render(api, &ci, resp.revision, Some(&tags))}));
-        }
-    }
-    Err(conflict("DeregisterContainerInstance"))
+            Ok(Attempt::Commit(txn, (ci, tags)))
+        })
+        .await?;
+    Ok(json!({"containerInstance": render(api, &ci, rev.unwrap_or_default(), Some(&tags))}))
 }
 
 #[derive(Deserialize)]
@@ -455,39 +457,40 @@ pub(crate) async fn update_state(api: &Api, body: &Value) -> Result<Value, ApiEr
             ids.push(id);
         }
     }
-    for _ in 0..MAX_ATTEMPTS {
-        let cluster = api.active_cluster(req.cluster.as_deref()).await?;
-        let cname = cluster.value.cluster_name.clone();
-        let mut txn = TxnRequest::new();
-        let (mut updated, mut failures) = (Vec::new(), Vec::new());
-        for id in &ids {
-            let key = keys::instance(&cname, id);
-            match api.get::<ContainerInstance>(&key).await? {
-                Some(Stored {
-                    value: mut ci,
-                    mod_revision,
-                    ..
-                }) => {
-                    txn = txn.when(Compare::mod_revision(&key, CmpOp::Equal, mod_revision));
-                    if ci.status != status {
-                        ci.status = status;
-                        txn = txn.then(Op::put(&key, to_json(&ci)?));
+    let (req, ids) = (&req, &ids);
+    let ((updated, failures), rev) = api
+        .transact_at("UpdateContainerInstancesState", || async move {
+            let cluster = api.active_cluster(req.cluster.as_deref()).await?;
+            let cname = cluster.value.cluster_name.clone();
+            let mut txn = TxnRequest::new();
+            let (mut updated, mut failures) = (Vec::new(), Vec::new());
+            for id in ids {
+                let key = keys::instance(&cname, id);
+                match api.get::<ContainerInstance>(&key).await? {
+                    Some(Stored {
+                        value: mut ci,
+                        mod_revision,
+                        ..
+                    }) => {
+                        txn = txn.when(Compare::mod_revision(&key, CmpOp::Equal, mod_revision));
+                        if ci.status != status {
+                            ci.status = status;
+                            txn = txn.then(Op::put(&key, to_json(&ci)?));
+                        }
+                        updated.push(ci);
                     }
-                    updated.push(ci);
+                    None => failures.push(failure(
+                        &api.arn(ResourceType::ContainerInstance, format!("{cname}/{id}")),
+                        "MISSING",
+                    )),
                 }
-                None => failures.push(failure(
-                    &api.arn(ResourceType::ContainerInstance, format!("{cname}/{id}")),
-                    "MISSING",
-                )),
             }
-        }
-        let resp = api.store.txn(txn).await?;
-        if resp.succeeded {
-            let out: Vec<Value> = updated.iter().map(|ci| render(api, ci, resp.revision, None)).collect();
-            return Ok(json!({"containerInstances": out, "failures": failures}));
-        }
-    }
-    Err(conflict("UpdateContainerInstancesState"))
+            Ok(Attempt::Commit(txn, (updated, failures)))
+        })
+        .await?;
+    let rev = rev.unwrap_or_default();
+    let out: Vec<Value> = updated.iter().map(|ci| render(api, ci, rev, None)).collect();
+    Ok(json!({"containerInstances": out, "failures": failures}))
 }
 
 /// Adds to `txn` the stop of every task placed on instance `id`, with
@@ -509,16 +512,20 @@ async fn stop_tasks_on(api: &Api, mut txn: TxnRequest, cluster: &str, id: &str) 
             continue;
         };
         let mut t = old.clone();
-        super::tasks::stop_record(&mut t, Some("Container instance deregistered".into()), "UserInitiated");
-        txn = txn
-            .when(Compare::mod_revision(&tkey, CmpOp::Equal, mod_revision))
-            .then(Op::put(
-                &tkey,
-                crate::api::to_json_with(&t, &super::tasks::extras(&raw))?,
-            ));
-        for op in keys::task_index_ops(Some(&old), Some(&t)) {
-            txn = txn.then(op);
-        }
+        super::tasks::stop_record(
+            &mut t,
+            Some("Container instance deregistered".into()),
+            "UserInitiated",
+            api.now(),
+        );
+        let stored = Stored {
+            value: old,
+            raw,
+            mod_revision,
+        };
+        let write = berth_records::replace(&tkey, &stored, &t)?;
+        txn.compares.extend(write.compares);
+        txn.success.extend(write.success);
     }
     Ok(txn)
 }

@@ -109,10 +109,6 @@ pub(crate) async fn dispatch(api: &Api, operation: &str, body: &Value) -> Result
 }
 
 /// A mutation that kept losing its compares: a real fault, so a 5xx.
-pub(crate) fn conflict(what: &str) -> ApiError {
-    ApiError::Server(format!("{what}: gave up after repeated write conflicts; retry"))
-}
-
 /// A `failures[]` entry.
 pub(crate) fn failure(arn: &str, reason: &str) -> Value {
     serde_json::json!({"arn": arn, "reason": reason})

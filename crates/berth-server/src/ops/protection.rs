@@ -3,12 +3,12 @@
 //! `protectionExpiresAt`) where the service reconciler reads it.
 
 use berth_model::{ResourceType, Task};
-use berth_store::{CmpOp, Compare, Op, TxnRequest};
+use berth_records::{Change, Stored};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{conflict, failure};
-use crate::api::{Api, MAX_ATTEMPTS, Stored, check_range, id_and_cluster, input, now, to_json_with};
+use super::failure;
+use crate::api::{Api, check_range, id_and_cluster, input};
 use crate::error::ApiError;
 use crate::keys;
 
@@ -36,7 +36,7 @@ struct GetInput {
 fn protected_task(api: &Api, t: &Task, raw: &Map<String, Value>) -> Value {
     let enabled = raw.get("protectionEnabled").and_then(Value::as_bool).unwrap_or(false);
     let expires = raw.get("protectionExpiresAt").and_then(Value::as_f64);
-    let active = enabled && expires.is_none_or(|e| e > now());
+    let active = enabled && expires.is_none_or(|e| e > api.now());
     let mut v = json!({
         "taskArn": api.arn(ResourceType::Task, format!("{}/{}", t.cluster, t.id)),
         "protectionEnabled": active,
@@ -64,45 +64,28 @@ pub(crate) async fn update(api: &Api, body: &Value) -> Result<Value, ApiError> {
     for (i, t) in req.tasks.iter().enumerate() {
         let (_, id) = id_and_cluster(t, ResourceType::Task, &format!("tasks[{i}]"))?;
         let key = keys::task(&cluster, &id);
-        let mut done = false;
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(Stored {
-                value,
-                mut raw,
-                mod_revision,
-            }) = api.get::<Task>(&key).await?
-            else {
-                failures.push(failure(
-                    &api.arn(ResourceType::Task, format!("{cluster}/{id}")),
-                    "MISSING",
-                ));
-                done = true;
-                break;
-            };
-            raw.insert("protectionEnabled".into(), json!(req.protection_enabled));
-            if req.protection_enabled {
-                raw.insert("protectionExpiresAt".into(), json!(now() + minutes as f64 * 60.0));
-            } else {
-                raw.remove("protectionExpiresAt");
-            }
-            let mut extras = raw.clone();
-            // The record's own members come from the model value.
-            if let Ok(Value::Object(own)) = serde_json::to_value(&value) {
-                for k in own.keys() {
-                    extras.remove(k);
+        let expires = api.now() + minutes as f64 * 60.0;
+        let after = api
+            .update(&key, |cur: Option<&Stored<Task>>| {
+                let Some(cur) = cur else {
+                    return Ok(Change::keep());
+                };
+                let mut raw = cur.raw.clone();
+                raw.insert("protectionEnabled".into(), json!(req.protection_enabled));
+                if req.protection_enabled {
+                    raw.insert("protectionExpiresAt".into(), json!(expires));
+                } else {
+                    raw.remove("protectionExpiresAt");
                 }
-            }
-            let txn = TxnRequest::new()
-                .when(Compare::mod_revision(&key, CmpOp::Equal, mod_revision))
-                .then(Op::put(&key, to_json_with(&value, &extras)?));
-            if api.store.txn(txn).await?.succeeded {
-                protected.push(protected_task(api, &value, &raw));
-                done = true;
-                break;
-            }
-        }
-        if !done {
-            return Err(conflict("UpdateTaskProtection"));
+                Ok(Change::put_with(cur.value.clone(), raw))
+            })
+            .await?;
+        match after {
+            Some(s) => protected.push(protected_task(api, &s.value, &s.raw)),
+            None => failures.push(failure(
+                &api.arn(ResourceType::Task, format!("{cluster}/{id}")),
+                "MISSING",
+            )),
         }
     }
     Ok(json!({"protectedTasks": protected, "failures": failures}))

@@ -6,45 +6,22 @@
 use std::collections::BTreeSet;
 
 use berth_model::{
-    Container, ContainerInstance, HealthStatus, InstanceStatus, KeyValuePair, NetworkBinding, NetworkMode,
-    PlacementConstraint, PlacementStrategy, Protocol, ResourceKind, ResourceType, Resources, Tag, Task, TaskDefinition,
-    TaskStatus, Validate,
+    ContainerInstance, InstanceStatus, NetworkBinding, NetworkConfiguration, NetworkMode, PlacementConstraint,
+    PlacementStrategy, Protocol, ResourceKind, ResourceType, Resources, Tag, Task, TaskDefinition, TaskOverride,
+    Validate,
 };
+use berth_records::{Attempt, Stored, encode};
 use berth_store::{CmpOp, Compare, Op, RangeRequest, TxnRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::tasks::render;
-use super::{conflict, failure, taskdefs};
-use crate::api::{
-    Api, MAX_ATTEMPTS, Stored, check_tags, decode, id_and_cluster, input, new_id, now, to_json, to_json_with,
-};
+use super::{failure, taskdefs};
+use crate::api::{Api, check_tags, decode, id_and_cluster, input, to_json};
 use crate::error::ApiError;
 use crate::keys;
 use crate::query::Query;
-
-#[derive(Deserialize, Serialize, Clone, Default)]
-#[serde(rename_all = "camelCase")]
-struct ContainerOverride {
-    name: Option<String>,
-    command: Option<Vec<String>>,
-    environment: Option<Vec<KeyValuePair>>,
-    cpu: Option<u32>,
-    memory: Option<u32>,
-    memory_reservation: Option<u32>,
-}
-
-#[derive(Deserialize, Serialize, Clone, Default)]
-#[serde(rename_all = "camelCase")]
-struct TaskOverride {
-    #[serde(default)]
-    container_overrides: Vec<ContainerOverride>,
-    cpu: Option<String>,
-    memory: Option<String>,
-    task_role_arn: Option<String>,
-    execution_role_arn: Option<String>,
-}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -73,11 +50,11 @@ struct Prepared {
     td: Stored<TaskDefinition>,
     /// `awsvpcConfiguration` (subnets, securityGroups): the ENI security
     /// groups the launcher binds.
-    network_configuration: Option<Value>,
-    /// The definition with container overrides applied (for demand).
+    network_configuration: Option<NetworkConfiguration>,
+    /// The definition with the overrides applied (what the agent runs).
     effective: TaskDefinition,
     demand: Resources,
-    overrides: Value,
+    overrides: TaskOverride,
     group: String,
     started_by: Option<String>,
     constraints: Vec<PlacementConstraint>,
@@ -143,52 +120,21 @@ async fn prepare(api: &Api, req: &RunInput) -> Result<Prepared, ApiError> {
         return Err(ApiError::invalid("taskDefinition", "TaskDefinition is inactive"));
     }
     check_network_configuration(req.network_configuration.as_ref(), td.value.network_mode)?;
+    let network_configuration = match &req.network_configuration {
+        Some(v) => Some(
+            serde_json::from_value::<NetworkConfiguration>(v.clone())
+                .map_err(|e| ApiError::invalid("networkConfiguration", e))?,
+        ),
+        None => None,
+    };
     let ov = req.overrides.clone().unwrap_or_default();
-    let mut effective = td.value.clone();
-    for (i, co) in ov.container_overrides.iter().enumerate() {
-        let at = format!("overrides.containerOverrides[{i}]");
-        let name = co
-            .name
-            .as_deref()
-            .ok_or_else(|| ApiError::invalid(&format!("{at}.name"), "is required"))?;
-        let c = effective
-            .container_definitions
-            .iter_mut()
-            .find(|c| c.name == name)
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    &format!("{at}.name"),
-                    format!("no container '{name}' in the task definition"),
-                )
-            })?;
-        if let Some(cpu) = co.cpu {
-            c.cpu = cpu;
-        }
-        if let Some(m) = co.memory {
-            c.memory = Some(m);
-        }
-        if let Some(m) = co.memory_reservation {
-            c.memory_reservation = Some(m);
-        }
-        if let Some(cmd) = &co.command {
-            c.command.clone_from(cmd);
-        }
-    }
-    if ov.cpu.is_some() {
-        effective.cpu.clone_from(&ov.cpu);
-    }
-    if ov.memory.is_some() {
-        effective.memory.clone_from(&ov.memory);
-    }
-    effective
-        .validate()
-        .map_err(|e| ApiError::invalid(&format!("overrides ({})", e.field), e.reason))?;
+    let effective = ov.apply(&td.value)?;
     let mut constraints = td.value.placement_constraints.clone();
     constraints.extend(req.placement_constraints.iter().cloned());
     Ok(Prepared {
         demand: effective.demand(),
         effective,
-        overrides: serde_json::to_value(&ov).map_err(|e| ApiError::Server(e.to_string()))?,
+        overrides: ov,
         group: req
             .group
             .clone()
@@ -198,81 +144,44 @@ async fn prepare(api: &Api, req: &RunInput) -> Result<Prepared, ApiError> {
         strategy: req.placement_strategy.clone(),
         tags: req.tags.clone(),
         tier,
-        network_configuration: req.network_configuration.clone(),
+        network_configuration,
         td,
     })
 }
 
-fn new_task(api: &Api, p: &Prepared, cluster: &str, placed: Option<(&str, Vec<Vec<NetworkBinding>>)>) -> Task {
-    let id = new_id();
-    let status = if placed.is_some() {
-        TaskStatus::Pending
-    } else {
-        TaskStatus::Provisioning
-    };
-    let bindings = placed.as_ref().map(|(_, b)| b.clone()).unwrap_or_default();
-    Task {
-        task_arn: api.arn(ResourceType::Task, format!("{cluster}/{id}")),
-        cluster: cluster.to_string(),
-        task_definition_arn: api.arn(ResourceType::TaskDefinition, p.td.value.family_revision()),
-        container_instance: placed.as_ref().map(|(i, _)| i.to_string()),
-        last_status: status,
-        desired_status: TaskStatus::Running,
-        containers: p
-            .effective
-            .container_definitions
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Container {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                last_status: status,
-                exit_code: None,
-                reason: None,
-                runtime_id: None,
-                network_bindings: bindings.get(i).cloned().unwrap_or_default(),
-                health_status: HealthStatus::Unknown,
-            })
-            .collect(),
-        demand: p.demand.clone(),
-        started_by: p.started_by.clone(),
-        group: Some(p.group.clone()),
-        created_at: now(),
-        started_at: None,
-        stopping_at: None,
-        stopped_at: None,
-        stop_code: None,
-        stopped_reason: None,
-        health_status: HealthStatus::Unknown,
-        tier: p.tier,
-        pending_reasons: Vec::new(),
-        version: 1,
-        id,
-    }
+/// A new task of the call, waiting for the launcher.
+fn new_task(api: &Api, p: &Prepared, cluster: &str) -> Task {
+    let id = api.new_id();
+    let mut t = Task::new(
+        id.clone(),
+        api.arn(ResourceType::Task, format!("{cluster}/{id}")),
+        cluster,
+        api.arn(ResourceType::TaskDefinition, p.td.value.family_revision()),
+        &p.effective,
+        api.now(),
+    );
+    t.demand = p.demand.clone();
+    t.started_by.clone_from(&p.started_by);
+    t.group = Some(p.group.clone());
+    t.tier = p.tier;
+    t.overrides = Some(p.overrides.clone());
+    t.placement_constraints.clone_from(&p.constraints);
+    t.placement_strategy.clone_from(&p.strategy);
+    t.network_configuration.clone_from(&p.network_configuration);
+    t
 }
 
-fn task_extras(p: &Prepared) -> Map<String, Value> {
+/// Members of a new task record the model does not carry.
+fn task_extras() -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("overrides".into(), p.overrides.clone());
     m.insert("launchType".into(), json!("EC2"));
-    if !p.constraints.is_empty() {
-        m.insert("placementConstraints".into(), json!(p.constraints));
-    }
-    if !p.strategy.is_empty() {
-        m.insert("placementStrategy".into(), json!(p.strategy));
-    }
-    if let Some(n) = &p.network_configuration {
-        m.insert("networkConfiguration".into(), n.clone());
-    }
     m
 }
 
 /// Puts a new task with its index keys (and pending key when unplaced).
 fn create_ops(txn: TxnRequest, t: &Task, extras: &Map<String, Value>, tags: &[Tag]) -> Result<TxnRequest, ApiError> {
     let key = keys::task(&t.cluster, &t.id);
-    let mut txn = txn
-        .when(Compare::missing(&key))
-        .then(Op::put(&key, to_json_with(t, extras)?));
+    let mut txn = txn.when(Compare::missing(&key)).then(Op::put(&key, encode(t, extras)?));
     for op in keys::task_index_ops(None, Some(t)) {
         txn = txn.then(op);
     }
@@ -361,14 +270,15 @@ pub(crate) async fn run_task(api: &Api, body: &Value) -> Result<Value, ApiError>
     }
     let p = prepare(api, &req).await?;
     let hash = request_hash(body);
-    for _ in 0..MAX_ATTEMPTS {
+    let (req, p, hash) = (&req, &p, hash.as_str());
+    api.transact("RunTask", || async move {
         let cluster = api.active_cluster(req.cluster.as_deref()).await?;
         let cname = cluster.value.cluster_name.clone();
         let token_key = req.client_token.as_deref().map(|t| keys::run_task_token(&cname, t));
         if let Some(k) = &token_key
-            && let Some(done) = replay(api, &cname, k, &hash).await?
+            && let Some(done) = replay(api, &cname, k, hash).await?
         {
-            return Ok(done);
+            return Ok(Attempt::Done(done));
         }
         // Can any registered instance ever run it?
         let instances = api.store.range(RangeRequest::prefix(keys::instances(&cname))).await?;
@@ -380,7 +290,7 @@ pub(crate) async fn run_task(api: &Api, body: &Value) -> Result<Value, ApiError>
             if ci.status == InstanceStatus::Inactive {
                 continue;
             }
-            match never_fits(&ci, &p) {
+            match never_fits(&ci, p) {
                 None => feasible = true,
                 Some(reason) => failures.push(failure(
                     &api.arn(ResourceType::ContainerInstance, format!("{cname}/{}", ci.id)),
@@ -392,9 +302,9 @@ pub(crate) async fn run_task(api: &Api, body: &Value) -> Result<Value, ApiError>
             if failures.is_empty() {
                 failures.push(failure(&api.cluster_arn(&cname), "MISSING"));
             }
-            return Ok(json!({"tasks": [], "failures": failures}));
+            return Ok(Attempt::Done(json!({"tasks": [], "failures": failures})));
         }
-        let extras = task_extras(&p);
+        let extras = task_extras();
         let mut txn = TxnRequest::new().when(Compare::mod_revision(
             keys::cluster(&cname),
             CmpOp::Equal,
@@ -402,24 +312,21 @@ pub(crate) async fn run_task(api: &Api, body: &Value) -> Result<Value, ApiError>
         ));
         let mut tasks = Vec::new();
         for _ in 0..count {
-            let t = new_task(api, &p, &cname, None);
+            let t = new_task(api, p, &cname);
             txn = create_ops(txn, &t, &extras, &p.tags)?;
             tasks.push(t);
         }
         if let Some(k) = &token_key {
             let rec = TokenRecord {
-                hash: hash.clone(),
+                hash: hash.to_string(),
                 tasks: tasks.iter().map(|t| t.id.clone()).collect(),
             };
             txn = txn.when(Compare::missing(k)).then(Op::put(k, to_json(&rec)?));
         }
-        if api.store.txn(txn).await?.succeeded {
-            let raw = extras.clone();
-            let out: Vec<Value> = tasks.iter().map(|t| render(api, t, &raw, Some(&p.tags))).collect();
-            return Ok(json!({"tasks": out, "failures": []}));
-        }
-    }
-    Err(conflict("RunTask"))
+        let out: Vec<Value> = tasks.iter().map(|t| render(api, t, &extras, Some(&p.tags))).collect();
+        Ok(Attempt::Commit(txn, json!({"tasks": out, "failures": []})))
+    })
+    .await
 }
 
 /// The earlier answer for a reused clientToken, if any.
@@ -510,23 +417,24 @@ pub(crate) async fn start_task(api: &Api, body: &Value) -> Result<Value, ApiErro
         ids.push(id);
     }
     let p = prepare(api, &req).await?;
-    for _ in 0..MAX_ATTEMPTS {
+    let (req, p, ids) = (&req, &p, &ids);
+    api.transact("StartTask", || async move {
         let cluster = api.active_cluster(req.cluster.as_deref()).await?;
         let cname = cluster.value.cluster_name.clone();
-        let extras = task_extras(&p);
+        let extras = task_extras();
         let mut txn = TxnRequest::new().when(Compare::mod_revision(
             keys::cluster(&cname),
             CmpOp::Equal,
             cluster.mod_revision,
         ));
         let (mut tasks, mut failures) = (Vec::new(), Vec::new());
-        for id in &ids {
+        for id in ids {
             let key = keys::instance(&cname, id);
             let arn = api.arn(ResourceType::ContainerInstance, format!("{cname}/{id}"));
             let Some(Stored {
                 value: mut ci,
                 mod_revision,
-                ..
+                raw,
             }) = api.get::<ContainerInstance>(&key).await?
             else {
                 failures.push(failure(&arn, "MISSING"));
@@ -545,7 +453,7 @@ pub(crate) async fn start_task(api: &Api, body: &Value) -> Result<Value, ApiErro
                 ));
                 continue;
             }
-            if let Some(reason) = never_fits(&ci, &p).filter(|r| !r.starts_with("RESOURCE:")) {
+            if let Some(reason) = never_fits(&ci, p).filter(|r| !r.starts_with("RESOURCE:")) {
                 failures.push(failure(&arn, &reason));
                 continue;
             }
@@ -561,17 +469,22 @@ pub(crate) async fn start_task(api: &Api, body: &Value) -> Result<Value, ApiErro
                 continue;
             }
             ci.pending_tasks_count += 1;
-            let mut t = new_task(api, &p, &cname, Some((id, bindings)));
-            t.demand = demand;
-            txn = create_ops(txn, &t, &extras, &p.tags)?.then(Op::put(&key, to_json(&ci)?));
+            let mut t = new_task(api, p, &cname);
+            let named: Vec<(String, Vec<NetworkBinding>)> = p
+                .effective
+                .container_definitions
+                .iter()
+                .map(|c| c.name.clone())
+                .zip(bindings)
+                .collect();
+            t.place(id, &named, demand);
+            txn = create_ops(txn, &t, &extras, &p.tags)?.then(Op::put(&key, encode(&ci, &raw)?));
             tasks.push(t);
         }
-        if api.store.txn(txn).await?.succeeded {
-            let out: Vec<Value> = tasks.iter().map(|t| render(api, t, &extras, Some(&p.tags))).collect();
-            return Ok(json!({"tasks": out, "failures": failures}));
-        }
-    }
-    Err(conflict("StartTask"))
+        let out: Vec<Value> = tasks.iter().map(|t| render(api, t, &extras, Some(&p.tags))).collect();
+        Ok(Attempt::Commit(txn, json!({"tasks": out, "failures": failures})))
+    })
+    .await
 }
 
 /// `networkConfiguration.awsvpcConfiguration`: required for `awsvpc` task

@@ -10,8 +10,10 @@ use berth_store::{CmpOp, Compare, Op, TxnRequest};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{conflict, failure, taskdefs};
-use crate::api::{Api, MAX_ATTEMPTS, check_tags, input, max_results, now, tags_json, to_json, to_json_with};
+use berth_records::{Attempt, encode};
+
+use super::{failure, taskdefs};
+use crate::api::{Api, check_tags, input, max_results, tags_json, to_json};
 use crate::error::ApiError;
 use crate::keys;
 use crate::keys::SERVICE_TIER as TIER_MEMBER;
@@ -43,8 +45,8 @@ fn deployment_id() -> String {
     format!("ecs-svc/{n:019}")
 }
 
-fn deployment(task_definition: &str, desired: u32) -> Deployment {
-    let at = now();
+fn deployment(api: &Api, task_definition: &str, desired: u32) -> Deployment {
+    let at = api.now();
     Deployment {
         id: deployment_id(),
         status: "PRIMARY".into(),
@@ -237,7 +239,8 @@ pub(crate) async fn create(api: &Api, body: &Value) -> Result<Value, ApiError> {
         // The reconciler gives the service's tasks this tier.
         extras.insert(TIER_MEMBER.into(), json!(t));
     }
-    for _ in 0..MAX_ATTEMPTS {
+    let (req, extras, td_arn, load_balancers) = (&req, &extras, &td_arn, &load_balancers);
+    api.transact("CreateService", || async move {
         let cluster = api.active_cluster(req.cluster.as_deref()).await?;
         let cname = cluster.value.cluster_name.clone();
         let key = keys::service(&cname, &req.service_name);
@@ -261,13 +264,13 @@ pub(crate) async fn create(api: &Api, body: &Value) -> Result<Value, ApiError> {
             running_count: 0,
             pending_count: 0,
             deployment_configuration: req.deployment_configuration.unwrap_or_default(),
-            deployments: vec![deployment(&td_arn, desired)],
+            deployments: vec![deployment(api, td_arn, desired)],
             placement_strategy: req.placement_strategy.clone(),
             placement_constraints: req.placement_constraints.clone(),
             load_balancers: load_balancers.clone(),
             health_check_grace_period_seconds: grace,
             events: Vec::new(),
-            created_at: now(),
+            created_at: api.now(),
         };
         svc.validate()?;
         super::run_task::check_expressions(&svc.placement_constraints, "placementConstraints")?;
@@ -283,25 +286,26 @@ pub(crate) async fn create(api: &Api, body: &Value) -> Result<Value, ApiError> {
                 CmpOp::Equal,
                 existing.as_ref().map_or(0, |s| s.mod_revision),
             ))
-            .then(Op::put(&key, to_json_with(&svc, &extras)?))
+            .then(Op::put(&key, encode(&svc, extras)?))
             .then(Op::put(keys::service_index(&cname, &req.service_name), b""));
         txn = if req.tags.is_empty() {
             txn.then(Op::delete(&tag_key))
         } else {
             txn.then(Op::put(&tag_key, to_json(&req.tags)?))
         };
-        if api.store.txn(txn).await?.succeeded {
-            let raw = match serde_json::to_value(&svc) {
-                Ok(Value::Object(mut m)) => {
-                    m.extend(extras.clone());
-                    m
-                }
-                _ => Map::new(),
-            };
-            return Ok(json!({"service": render(api, &raw, &svc, Some(&req.tags))}));
-        }
-    }
-    Err(conflict("CreateService"))
+        let raw = match serde_json::to_value(&svc) {
+            Ok(Value::Object(mut m)) => {
+                m.extend(extras.clone());
+                m
+            }
+            _ => Map::new(),
+        };
+        Ok(Attempt::Commit(
+            txn,
+            json!({"service": render(api, &raw, &svc, Some(&req.tags))}),
+        ))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -336,10 +340,11 @@ pub(crate) async fn update(api: &Api, body: &Value) -> Result<Value, ApiError> {
         .as_ref()
         .map(|td| api.arn(ResourceType::TaskDefinition, td.value.family_revision()));
     let extras = extras_of(body);
-    for _ in 0..MAX_ATTEMPTS {
+    let (req, extras, td_arn, new_td, name) = (&req, &extras, &td_arn, &new_td, &name);
+    api.transact("UpdateService", || async move {
         let cluster = api.active_cluster(req.cluster.as_deref()).await?;
         let cname = cluster.value.cluster_name.clone();
-        let key = keys::service(&cname, &name);
+        let key = keys::service(&cname, name);
         let Some(stored) = api.get::<Service>(&key).await? else {
             return Err(ApiError::ServiceNotFound);
         };
@@ -384,14 +389,14 @@ pub(crate) async fn update(api: &Api, body: &Value) -> Result<Value, ApiError> {
             for d in &mut svc.deployments {
                 if d.status == "PRIMARY" {
                     d.status = "ACTIVE".into();
-                    d.updated_at = now();
+                    d.updated_at = api.now();
                 }
             }
-            svc.deployments.insert(0, deployment(&arn, svc.desired_count));
+            svc.deployments.insert(0, deployment(api, &arn, svc.desired_count));
             svc.task_definition = arn;
         } else if let Some(primary) = svc.deployments.iter_mut().find(|d| d.status == "PRIMARY") {
             primary.desired_count = svc.desired_count;
-            primary.updated_at = now();
+            primary.updated_at = api.now();
         }
         svc.validate()?;
         super::run_task::check_expressions(&svc.placement_constraints, "placementConstraints")?;
@@ -403,17 +408,15 @@ pub(crate) async fn update(api: &Api, body: &Value) -> Result<Value, ApiError> {
             .collect();
         let txn = TxnRequest::new()
             .when(Compare::mod_revision(&key, CmpOp::Equal, stored.mod_revision))
-            .then(Op::put(&key, to_json_with(&svc, &keep)?));
-        if api.store.txn(txn).await?.succeeded {
-            let mut raw = match serde_json::to_value(&svc) {
-                Ok(Value::Object(m)) => m,
-                _ => Map::new(),
-            };
-            raw.extend(keep);
-            return Ok(json!({"service": render(api, &raw, &svc, None)}));
-        }
-    }
-    Err(conflict("UpdateService"))
+            .then(Op::put(&key, encode(&svc, &keep)?));
+        let mut raw = match serde_json::to_value(&svc) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        raw.extend(keep);
+        Ok(Attempt::Commit(txn, json!({"service": render(api, &raw, &svc, None)})))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -499,10 +502,11 @@ struct DeleteInput {
 pub(crate) async fn delete(api: &Api, body: &Value) -> Result<Value, ApiError> {
     let req: DeleteInput = input(body)?;
     let name = short_name(&req.service, ResourceType::Service, "service")?;
-    for _ in 0..MAX_ATTEMPTS {
+    let (req, name) = (&req, &name);
+    api.transact("DeleteService", || async move {
         let cluster = api.active_cluster(req.cluster.as_deref()).await?;
         let cname = cluster.value.cluster_name.clone();
-        let key = keys::service(&cname, &name);
+        let key = keys::service(&cname, name);
         let Some(stored) = api.get::<Service>(&key).await? else {
             return Err(ApiError::ServiceNotFound);
         };
@@ -531,18 +535,16 @@ pub(crate) async fn delete(api: &Api, body: &Value) -> Result<Value, ApiError> {
             .collect();
         let mut txn = TxnRequest::new()
             .when(Compare::mod_revision(&key, CmpOp::Equal, stored.mod_revision))
-            .then(Op::put(&key, to_json_with(&svc, &keep)?));
+            .then(Op::put(&key, encode(&svc, &keep)?));
         if !still_running {
-            txn = txn.then(Op::delete(keys::service_index(&cname, &name)));
+            txn = txn.then(Op::delete(keys::service_index(&cname, name)));
         }
-        if api.store.txn(txn).await?.succeeded {
-            let mut raw = match serde_json::to_value(&svc) {
-                Ok(Value::Object(m)) => m,
-                _ => Map::new(),
-            };
-            raw.extend(keep);
-            return Ok(json!({"service": render(api, &raw, &svc, None)}));
-        }
-    }
-    Err(conflict("DeleteService"))
+        let mut raw = match serde_json::to_value(&svc) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        raw.extend(keep);
+        Ok(Attempt::Commit(txn, json!({"service": render(api, &raw, &svc, None)})))
+    })
+    .await
 }

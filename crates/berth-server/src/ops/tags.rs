@@ -6,8 +6,9 @@ use berth_store::{CmpOp, Compare, Op, TxnRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::conflict;
-use crate::api::{Api, MAX_ATTEMPTS, check_tags, input, tags_json, to_json};
+use berth_records::Attempt;
+
+use crate::api::{Api, check_tags, input, tags_json, to_json};
 use crate::error::ApiError;
 use crate::keys;
 
@@ -72,9 +73,10 @@ pub(crate) async fn tag(api: &Api, body: &Value) -> Result<Value, ApiError> {
     let req: TagInput = input(body)?;
     check_tags("tags", &req.tags)?;
     let (key, path) = resolve(&req.resource_arn)?;
-    for _ in 0..MAX_ATTEMPTS {
-        let rev = existing(api, &key, &req.resource_arn).await?;
-        let (mut tags, tag_rev) = api.tags(&path).await?;
+    let (req, key, path) = (&req, &key, &path);
+    api.transact("TagResource", || async move {
+        let rev = existing(api, key, &req.resource_arn).await?;
+        let (mut tags, tag_rev) = api.tags(path).await?;
         for t in &req.tags {
             match tags.iter_mut().find(|x| x.key == t.key) {
                 Some(x) => x.value.clone_from(&t.value),
@@ -82,16 +84,14 @@ pub(crate) async fn tag(api: &Api, body: &Value) -> Result<Value, ApiError> {
             }
         }
         check_tags("tags", &tags)?;
-        let tkey = keys::tags(&path);
+        let tkey = keys::tags(path);
         let txn = TxnRequest::new()
-            .when(Compare::mod_revision(&key, CmpOp::Equal, rev))
+            .when(Compare::mod_revision(key, CmpOp::Equal, rev))
             .when(Compare::mod_revision(&tkey, CmpOp::Equal, tag_rev))
             .then(Op::put(&tkey, to_json(&tags)?));
-        if api.store.txn(txn).await?.succeeded {
-            return Ok(json!({}));
-        }
-    }
-    Err(conflict("TagResource"))
+        Ok(Attempt::Commit(txn, json!({})))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -104,24 +104,23 @@ struct UntagInput {
 pub(crate) async fn untag(api: &Api, body: &Value) -> Result<Value, ApiError> {
     let req: UntagInput = input(body)?;
     let (key, path) = resolve(&req.resource_arn)?;
-    for _ in 0..MAX_ATTEMPTS {
-        let rev = existing(api, &key, &req.resource_arn).await?;
-        let (mut tags, tag_rev) = api.tags(&path).await?;
+    let (req, key, path) = (&req, &key, &path);
+    api.transact("UntagResource", || async move {
+        let rev = existing(api, key, &req.resource_arn).await?;
+        let (mut tags, tag_rev) = api.tags(path).await?;
         tags.retain(|t| !req.tag_keys.contains(&t.key));
-        let tkey = keys::tags(&path);
+        let tkey = keys::tags(path);
         let txn = TxnRequest::new()
-            .when(Compare::mod_revision(&key, CmpOp::Equal, rev))
+            .when(Compare::mod_revision(key, CmpOp::Equal, rev))
             .when(Compare::mod_revision(&tkey, CmpOp::Equal, tag_rev))
             .then(if tags.is_empty() {
                 Op::delete(&tkey)
             } else {
                 Op::put(&tkey, to_json(&tags)?)
             });
-        if api.store.txn(txn).await?.succeeded {
-            return Ok(json!({}));
-        }
-    }
-    Err(conflict("UntagResource"))
+        Ok(Attempt::Commit(txn, json!({})))
+    })
+    .await
 }
 
 #[derive(Deserialize)]

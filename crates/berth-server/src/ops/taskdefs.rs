@@ -10,8 +10,9 @@ use berth_store::{CmpOp, Compare, Op, RangeRequest, TxnRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::conflict;
-use crate::api::{Api, MAX_ATTEMPTS, Stored, check_tags, decode, input, max_results, now, tags_json, to_json};
+use berth_records::{Attempt, Stored};
+
+use crate::api::{Api, check_tags, decode, input, max_results, tags_json, to_json};
 use crate::error::ApiError;
 use crate::keys;
 
@@ -147,7 +148,7 @@ pub(crate) async fn register(api: &Api, body: &Value) -> Result<Value, ApiError>
     }
     shaped.insert("revision".into(), json!(1));
     shaped.insert("taskDefinitionArn".into(), json!(""));
-    let mut td: TaskDefinition = input(&Value::Object(shaped))?;
+    let td: TaskDefinition = input(&Value::Object(shaped))?;
     if let Some(c) = req.get("requiresCompatibilities").and_then(Value::as_array)
         && c.iter().any(|x| x.as_str() == Some("FARGATE"))
     {
@@ -157,7 +158,9 @@ pub(crate) async fn register(api: &Api, body: &Value) -> Result<Value, ApiError>
     super::run_task::check_expressions(&td.placement_constraints, "placementConstraints")?;
     let family = td.family.clone();
     let fkey = keys::taskdef_family(&family);
-    for _ in 0..MAX_ATTEMPTS {
+    let (td, tags, family, fkey) = (&td, &tags, &family, &fkey);
+    api.transact("RegisterTaskDefinition", || async move {
+        let mut td = td.clone();
         let (fam, fam_rev) = match api.store.get(fkey.as_bytes()).await? {
             Some(kv) => (
                 serde_json::from_slice::<Family>(&kv.value)
@@ -170,7 +173,7 @@ pub(crate) async fn register(api: &Api, body: &Value) -> Result<Value, ApiError>
         td.revision = rev;
         td.task_definition_arn = api.arn(ResourceType::TaskDefinition, td.family_revision());
         td.status = TaskDefinitionStatus::Active;
-        td.registered_at = Some(now());
+        td.registered_at = Some(api.now());
         td.deregistered_at = None;
         let mut value = serde_json::to_value(&td).map_err(|e| ApiError::Server(e.to_string()))?;
         merge_extras(&mut value, req);
@@ -179,30 +182,31 @@ pub(crate) async fn register(api: &Api, body: &Value) -> Result<Value, ApiError>
             active_revisions: fam.active_revisions + 1,
         };
         let mut txn = TxnRequest::new()
-            .when(Compare::mod_revision(&fkey, CmpOp::Equal, fam_rev))
-            .then(Op::put(&fkey, to_json(&new_fam)?))
-            .then(Op::put(keys::taskdef(&family, rev), to_json(&value)?))
-            .then(Op::put(keys::taskdef_index("ACTIVE", &family, rev), b""));
+            .when(Compare::mod_revision(fkey, CmpOp::Equal, fam_rev))
+            .then(Op::put(fkey, to_json(&new_fam)?))
+            .then(Op::put(keys::taskdef(family, rev), to_json(&value)?))
+            .then(Op::put(keys::taskdef_index("ACTIVE", family, rev), b""));
         if !tags.is_empty() {
             txn = txn.then(Op::put(
                 keys::tags(&format!("task-definition/{family}:{rev}")),
-                to_json(&tags)?,
+                to_json(tags)?,
             ));
         }
-        if api.store.txn(txn).await?.succeeded {
-            let raw = match value {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            };
-            let stored = Stored {
-                value: td.clone(),
-                raw,
-                mod_revision: 0,
-            };
-            return Ok(json!({"taskDefinition": render(api, &stored), "tags": tags_json(&tags)}));
-        }
-    }
-    Err(conflict("RegisterTaskDefinition"))
+        let raw = match value {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let stored = Stored {
+            value: td.clone(),
+            raw,
+            mod_revision: 0,
+        };
+        Ok(Attempt::Commit(
+            txn,
+            json!({"taskDefinition": render(api, &stored), "tags": tags_json(tags)}),
+        ))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -349,12 +353,13 @@ pub(crate) async fn deregister(api: &Api, body: &Value) -> Result<Value, ApiErro
         rev.ok_or_else(|| ApiError::invalid("taskDefinition", "must name a revision (family:revision or ARN)"))?;
     let key = keys::taskdef(&family, rev);
     let fkey = keys::taskdef_family(&family);
-    for _ in 0..MAX_ATTEMPTS {
-        let Some(mut td) = api.get::<TaskDefinition>(&key).await? else {
+    let (key, fkey, family) = (&key, &fkey, &family);
+    api.transact("DeregisterTaskDefinition", || async move {
+        let Some(mut td) = api.get::<TaskDefinition>(key).await? else {
             return Err(ApiError::Client("The specified task definition does not exist.".into()));
         };
         if td.value.status != TaskDefinitionStatus::Active {
-            return Ok(json!({"taskDefinition": render(api, &td)}));
+            return Ok(Attempt::Done(json!({"taskDefinition": render(api, &td)})));
         }
         let Some(fkv) = api.store.get(fkey.as_bytes()).await? else {
             return Err(ApiError::Server(format!("family record of {family} is missing")));
@@ -363,21 +368,19 @@ pub(crate) async fn deregister(api: &Api, body: &Value) -> Result<Value, ApiErro
             serde_json::from_slice(&fkv.value).map_err(|e| ApiError::Server(format!("family record {family}: {e}")))?;
         fam.active_revisions = fam.active_revisions.saturating_sub(1);
         td.value.status = TaskDefinitionStatus::Inactive;
-        td.value.deregistered_at = Some(now());
+        td.value.deregistered_at = Some(api.now());
         td.raw.insert("status".into(), json!("INACTIVE"));
         td.raw.insert("deregisteredAt".into(), json!(td.value.deregistered_at));
         let txn = TxnRequest::new()
-            .when(Compare::mod_revision(&key, CmpOp::Equal, td.mod_revision))
-            .when(Compare::mod_revision(&fkey, CmpOp::Equal, fkv.mod_revision))
-            .then(Op::put(&key, to_json(&td.raw)?))
-            .then(Op::put(&fkey, to_json(&fam)?))
-            .then(Op::delete(keys::taskdef_index("ACTIVE", &family, rev)))
-            .then(Op::put(keys::taskdef_index("INACTIVE", &family, rev), b""));
-        if api.store.txn(txn).await?.succeeded {
-            return Ok(json!({"taskDefinition": render(api, &td)}));
-        }
-    }
-    Err(conflict("DeregisterTaskDefinition"))
+            .when(Compare::mod_revision(key, CmpOp::Equal, td.mod_revision))
+            .when(Compare::mod_revision(fkey, CmpOp::Equal, fkv.mod_revision))
+            .then(Op::put(key, to_json(&td.raw)?))
+            .then(Op::put(fkey, to_json(&fam)?))
+            .then(Op::delete(keys::taskdef_index("ACTIVE", family, rev)))
+            .then(Op::put(keys::taskdef_index("INACTIVE", family, rev), b""));
+        Ok(Attempt::Commit(txn, json!({"taskDefinition": render(api, &td)})))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -401,33 +404,32 @@ pub(crate) async fn delete(api: &Api, body: &Value) -> Result<Value, ApiError> {
         let rev = rev.ok_or_else(|| ApiError::invalid(&field, "must name a revision (family:revision or ARN)"))?;
         let key = keys::taskdef(&family, rev);
         let arn = api.arn(ResourceType::TaskDefinition, format!("{family}:{rev}"));
-        let mut done = false;
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(kv) = api.store.get(key.as_bytes()).await? else {
-                failures.push(json!({"arn": arn, "reason": "The specified task definition does not exist."}));
-                done = true;
-                break;
-            };
-            let mut td = decode::<TaskDefinition>(&kv)?;
-            if td.value.status == TaskDefinitionStatus::Active {
-                failures.push(json!({"arn": arn, "reason": "The specified task definition is still in ACTIVE status. Please deregister the target and try again."}));
-                done = true;
-                break;
-            }
-            let txn = TxnRequest::new()
-                .when(Compare::mod_revision(&key, CmpOp::Equal, kv.mod_revision))
-                .then(Op::delete(&key))
-                .then(Op::delete(keys::taskdef_index("INACTIVE", &family, rev)))
-                .then(Op::delete(keys::tags(&format!("task-definition/{family}:{rev}"))));
-            if api.store.txn(txn).await?.succeeded {
+        let (key, family, arn) = (&key, &family, &arn);
+        let outcome = api
+            .transact("DeleteTaskDefinitions", || async move {
+                let Some(kv) = api.store.get(key.as_bytes()).await? else {
+                    return Ok(Attempt::Done(Err(
+                        json!({"arn": arn, "reason": "The specified task definition does not exist."}),
+                    )));
+                };
+                let mut td = decode::<TaskDefinition>(&kv)?;
+                if td.value.status == TaskDefinitionStatus::Active {
+                    return Ok(Attempt::Done(Err(
+                        json!({"arn": arn, "reason": "The specified task definition is still in ACTIVE status. Please deregister the target and try again."}),
+                    )));
+                }
+                let txn = TxnRequest::new()
+                    .when(Compare::mod_revision(key, CmpOp::Equal, kv.mod_revision))
+                    .then(Op::delete(key))
+                    .then(Op::delete(keys::taskdef_index("INACTIVE", family, rev)))
+                    .then(Op::delete(keys::tags(&format!("task-definition/{family}:{rev}"))));
                 td.value.status = TaskDefinitionStatus::DeleteInProgress;
-                deleted.push(render(api, &td));
-                done = true;
-                break;
-            }
-        }
-        if !done {
-            return Err(conflict("DeleteTaskDefinitions"));
+                Ok(Attempt::Commit(txn, Ok(render(api, &td))))
+            })
+            .await?;
+        match outcome {
+            Ok(v) => deleted.push(v),
+            Err(f) => failures.push(f),
         }
     }
     Ok(json!({"taskDefinitions": deleted, "failures": failures}))

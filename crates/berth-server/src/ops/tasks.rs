@@ -2,32 +2,17 @@
 
 use berth_model::{HealthStatus, NetworkBinding};
 use berth_model::{ResourceType, Tag, Task, TaskStatus};
-use berth_store::{CmpOp, Compare, Op, RangeRequest, TxnRequest};
+use berth_store::{Op, RangeRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{Reply, conflict, failure};
-use crate::api::{Api, MAX_ATTEMPTS, Stored, cluster_name, id_and_cluster, input, max_results, now, to_json_with};
+use berth_model::Timestamp;
+use berth_records::{Change, Stored};
+
+use super::{Reply, failure};
+use crate::api::{Api, cluster_name, id_and_cluster, input, max_results};
 use crate::error::ApiError;
 use crate::keys;
-
-/// Members of a task record that the model does not carry.
-pub(crate) const TASK_EXTRAS: &[&str] = &[
-    "overrides",
-    "launchType",
-    "placementConstraints",
-    "placementStrategy",
-    "networkConfiguration",
-    "protectionEnabled",
-    "protectionExpiresAt",
-];
-
-pub(crate) fn extras(raw: &Map<String, Value>) -> Map<String, Value> {
-    TASK_EXTRAS
-        .iter()
-        .filter_map(|k| raw.get(*k).map(|v| (k.to_string(), v.clone())))
-        .collect()
-}
 
 /// The ECS wire shape of a container, borrowing from the record.
 #[derive(Serialize)]
@@ -164,7 +149,10 @@ pub(crate) fn wire<'a>(api: &Api, t: &'a Task, ex: &'a TaskExtras, tags: Option<
 
 /// The ECS shape of a task, as a JSON value.
 pub(crate) fn render(api: &Api, t: &Task, raw: &Map<String, Value>, tags: Option<&[Tag]>) -> Value {
-    let ex = TaskExtras::from_raw(raw);
+    let mut ex = TaskExtras::from_raw(raw);
+    if ex.overrides.is_none() {
+        ex.overrides = t.overrides.as_ref().and_then(|o| serde_json::to_value(o).ok());
+    }
     serde_json::to_value(wire(api, t, &ex, tags)).unwrap_or(Value::Null)
 }
 
@@ -379,8 +367,7 @@ struct StopInput {
 }
 
 /// Marks `t` as wanted STOPPED; a task that was never placed stops at once.
-pub(crate) fn stop_record(t: &mut Task, reason: Option<String>, code: &str) {
-    let at = now();
+pub(crate) fn stop_record(t: &mut Task, reason: Option<String>, code: &str, at: Timestamp) {
     t.desired_status = TaskStatus::Stopped;
     t.stopping_at.get_or_insert(at);
     t.stop_code.get_or_insert_with(|| code.to_string());
@@ -404,39 +391,30 @@ pub(crate) async fn stop(api: &Api, body: &Value) -> Result<Value, ApiError> {
     }
     let (from_arn, id) = id_and_cluster(&req.task, ResourceType::Task, "task")?;
     let cluster_input = from_arn.or(req.cluster.clone());
-    for _ in 0..MAX_ATTEMPTS {
-        let cluster = api.active_cluster(cluster_input.as_deref()).await?;
-        let cname = cluster.value.cluster_name;
-        let key = keys::task(&cname, &id);
-        let Some(Stored {
-            value: old,
-            raw,
-            mod_revision,
-        }) = api.get::<Task>(&key).await?
-        else {
-            return Err(ApiError::invalid("task", "The referenced task was not found."));
-        };
-        if old.desired_status == TaskStatus::Stopped {
-            return Ok(json!({"task": render(api, &old, &raw, None)}));
-        }
-        let mut t = old.clone();
-        stop_record(
-            &mut t,
-            Some(req.reason.clone().unwrap_or_else(|| "Task stopped by user".into())),
-            "UserInitiated",
-        );
-        let mut txn = TxnRequest::new()
-            .when(Compare::mod_revision(&key, CmpOp::Equal, mod_revision))
-            .then(Op::put(&key, to_json_with(&t, &extras(&raw))?));
-        for op in keys::task_index_ops(Some(&old), Some(&t)) {
-            txn = txn.then(op);
-        }
-        if t.last_status == TaskStatus::Stopped {
-            txn = txn.then(Op::delete(keys::pending(&cname, &id)));
-        }
-        if api.store.txn(txn).await?.succeeded {
-            return Ok(json!({"task": render(api, &t, &raw, None)}));
-        }
-    }
-    Err(conflict("StopTask"))
+    let cname = api.active_cluster(cluster_input.as_deref()).await?.value.cluster_name;
+    let key = keys::task(&cname, &id);
+    let pending = keys::pending(&cname, &id);
+    let at = api.now();
+    let after = api
+        .update(&key, |cur: Option<&Stored<Task>>| {
+            let Some(cur) = cur else {
+                return Err(ApiError::invalid("task", "The referenced task was not found."));
+            };
+            if cur.value.desired_status == TaskStatus::Stopped {
+                return Ok(Change::keep());
+            }
+            let mut t = cur.value.clone();
+            let reason = req.reason.clone().unwrap_or_else(|| "Task stopped by user".into());
+            stop_record(&mut t, Some(reason), "UserInitiated", at);
+            let unplaced = t.last_status == TaskStatus::Stopped;
+            let change = Change::put(t);
+            Ok(if unplaced {
+                change.then(Op::delete(&pending))
+            } else {
+                change
+            })
+        })
+        .await?
+        .ok_or_else(|| ApiError::invalid("task", "The referenced task was not found."))?;
+    Ok(json!({"task": render(api, &after.value, &after.raw, None)}))
 }

@@ -201,12 +201,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     );
     // One listener: the ECS API, and the agent stream at /v1/agent/stream.
     let store_for_controllers = store.clone();
-    let plan = berth_control::plan_router(store.clone(), config.auth.clone(), config.default_region.clone());
-    let (auth_for_dns, region_for_dns) = (config.auth.clone(), config.default_region.clone());
+    let (auth, region) = (config.auth.clone(), config.default_region.clone());
+    let plan = berth_server::authenticated(
+        berth_control::plan_router(store.clone()),
+        auth.clone(),
+        region.clone(),
+        "PlanService",
+    );
+    let listing = berth_server::authenticated(berth_dns::router(discovery.clone()), auth, region, "DiscoverService");
     let app = berth_server::router(store.clone(), config)
         .merge(berth_gateway::router(store, gateway))
         .merge(plan)
-        .merge(berth_dns::router(discovery.clone(), auth_for_dns, region_for_dns));
+        .merge(listing);
     let follower = tokio::spawn(discovery.follow(store_for_controllers.clone(), std::future::pending::<()>()));
     // The reconciler, the target controller and the compactor run on one
     // server at a time (leader election over the store: several servers
@@ -220,7 +226,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let elector = |role: &str| {
         berth_control::Elector::new(
             store_for_controllers.clone(),
-            format!("/leader/{role}"),
+            berth_records::keys::leader(role),
             me.clone(),
             std::time::Duration::from_secs(5),
         )

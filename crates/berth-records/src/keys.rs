@@ -1,15 +1,18 @@
-//! The store key space. Records are JSON of `berth-model` types (with extra
-//! ECS members the model does not carry, which other readers ignore):
+//! The store key space: every key any Berth component reads or writes is
+//! built here. Records are JSON of `berth-model` types (plus members the
+//! model does not carry, which [`crate::Stored`] keeps across rewrites):
 //!
 //! | key | value |
 //! |---|---|
 //! | `/clusters/{cluster}` | `Cluster` |
 //! | `/instances/{cluster}/{id}` | `ContainerInstance` |
-//! | `/tasks/{cluster}/{id}` | `Task` (+ `overrides`, `launchType`) |
+//! | `/tasks/{cluster}/{id}` | `Task` (+ `launchType`, protection, target health) |
 //! | `/pending/{cluster}/{id}` | the task key: tasks waiting for the launcher |
 //! | `/taskdefs/{family}/{revision:010}` | `TaskDefinition` (+ extra ECS members) |
 //! | `/taskdef-families/{family}` | `{"latestRevision", "activeRevisions"}` |
 //! | `/services/{cluster}/{name}` | `Service` |
+//! | `/svcstate/{cluster}/{name}` | the reconciler's memory of a service |
+//! | `/leader/{role}` | the holder of a controller role (under a lease) |
 //! | `/tags/{arn resource path}` | `[Tag]` |
 //! | `/idempotency/run-task/{cluster}/{token}` | the RunTask request hash and task ids |
 //! | `/idx/tasks/{cluster}/{desired}/all/{id}` | empty: every task by desired status |
@@ -27,9 +30,9 @@
 //!
 //! Free-form segments (startedBy, group) are escaped so they never contain
 //! `/`. Every writer of a task record updates its index keys in the same
-//! transaction with [`task_index_ops`]; the launcher ranges and watches
-//! `/pending/` and deletes the pending key in the transaction that places
-//! the task.
+//! transaction with [`task_index_ops`] ([`crate::update`] does it for
+//! them); the launcher ranges and watches `/pending/` and deletes the
+//! pending key in the transaction that places the task.
 
 use berth_model::{Task, TaskStatus};
 use berth_store::Op;
@@ -43,29 +46,35 @@ pub fn seg(s: &str) -> String {
 }
 
 pub fn cluster(name: &str) -> String {
-    format!("/clusters/{name}")
+    format!("{CLUSTERS}{name}")
 }
 
 pub const CLUSTERS: &str = "/clusters/";
+pub const INSTANCES: &str = "/instances/";
+pub const TASKS: &str = "/tasks/";
+pub const SERVICES: &str = "/services/";
+pub const SERVICE_STATES: &str = "/svcstate/";
+pub const LEADER: &str = "/leader/";
+pub const TAGS: &str = "/tags/";
 
 /// The service record member holding the tier its `berth:tier` tag set
 /// (the reconciler gives the service's tasks that tier).
 pub const SERVICE_TIER: &str = "berthTier";
 
 pub fn instances(cluster: &str) -> String {
-    format!("/instances/{cluster}/")
+    format!("{INSTANCES}{cluster}/")
 }
 
 pub fn instance(cluster: &str, id: &str) -> String {
-    format!("/instances/{cluster}/{id}")
+    format!("{INSTANCES}{cluster}/{id}")
 }
 
 pub fn tasks(cluster: &str) -> String {
-    format!("/tasks/{cluster}/")
+    format!("{TASKS}{cluster}/")
 }
 
 pub fn task(cluster: &str, id: &str) -> String {
-    format!("/tasks/{cluster}/{id}")
+    format!("{TASKS}{cluster}/{id}")
 }
 
 pub const PENDING: &str = "/pending/";
@@ -98,7 +107,18 @@ pub fn taskdef_index_prefix(status: &str) -> String {
 }
 
 pub fn service(cluster: &str, name: &str) -> String {
-    format!("/services/{cluster}/{name}")
+    format!("{SERVICES}{cluster}/{name}")
+}
+
+/// The reconciler's own record of a service (backoff, last completed
+/// task definition, ...).
+pub fn service_state(cluster: &str, name: &str) -> String {
+    format!("{SERVICE_STATES}{cluster}/{name}")
+}
+
+/// The key a controller role's leader holds.
+pub fn leader(role: &str) -> String {
+    format!("{LEADER}{role}")
 }
 
 pub fn service_index(cluster: &str, name: &str) -> String {
@@ -111,7 +131,7 @@ pub fn service_index_prefix(cluster: &str) -> String {
 
 /// `path` is the ARN's resource part, e.g. `cluster/default`.
 pub fn tags(path: &str) -> String {
-    format!("/tags/{path}")
+    format!("{TAGS}{path}")
 }
 
 pub fn run_task_token(cluster: &str, token: &str) -> String {
@@ -166,6 +186,20 @@ pub fn task_index_prefix(cluster: &str, desired: &str, kind: &str, value: &str) 
     } else {
         format!("/idx/tasks/{cluster}/{desired}/{kind}/{}/", seg(value))
     }
+}
+
+/// The `family` and `revision` of a task definition ARN
+/// (`...:task-definition/FAMILY:REV`), or of `FAMILY:REV`.
+pub fn family_revision(arn: &str) -> Option<(&str, u32)> {
+    let tail = arn.rsplit('/').next()?;
+    let (family, rev) = tail.rsplit_once(':')?;
+    Some((family, rev.parse().ok()?))
+}
+
+/// `/prefix/{a}/{b}` → `(a, b)`: the cluster (or group) and the name of a
+/// record under a two-level prefix.
+pub fn split<'a>(key: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+    key.strip_prefix(prefix)?.split_once('/')
 }
 
 /// The family of a task definition ARN (`...:task-definition/FAMILY:REV`).
@@ -238,6 +272,13 @@ mod tests {
         assert_eq!(seg("a/b%c"), "a%2Fb%25c");
         assert_eq!(family_of("arn:aws:ecs:us-east-1:1:task-definition/web:3"), "web");
         assert_eq!(taskdef("web", 3), "/taskdefs/web/0000000003");
+        assert_eq!(
+            family_revision("arn:aws:ecs:us-east-1:1:task-definition/web:3"),
+            Some(("web", 3))
+        );
+        assert_eq!(family_revision("web:x"), None);
+        assert_eq!(service_state("c", "s"), "/svcstate/c/s");
+        assert_eq!(split("/tasks/c/abc", TASKS), Some(("c", "abc")));
         assert_eq!(
             task_index_prefix("c", "RUNNING", "started-by", "ci/job"),
             "/idx/tasks/c/RUNNING/started-by/ci%2Fjob/"
