@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use berth_model::{Deployment, RolloutState, Service, TaskDefinition};
+use berth_model::{Deployment, DeploymentStatus, RolloutState, Service, TaskDefinition};
 use berth_records::{Cache, keys};
 use berth_sched::{PlaceOptions, Strategy, TaskRequest};
 use berth_store::DynStore;
@@ -115,31 +115,25 @@ async fn plan(store: &DynStore, input: PlanInput) -> Result<Value, PlanError> {
         }
     }
     if let Some(arn) = &td_arn {
-        for d in &mut svc.deployments {
-            if d.status == "PRIMARY" {
-                d.status = "ACTIVE".into();
-            }
-        }
         let now = berth_records::now();
-        svc.deployments.insert(
-            0,
-            Deployment {
-                id: "planned".into(),
-                status: "PRIMARY".into(),
-                task_definition: arn.clone(),
-                desired_count: svc.desired_count,
-                pending_count: 0,
-                running_count: 0,
-                failed_tasks: 0,
-                rollout_state: RolloutState::InProgress,
-                rollout_state_reason: String::new(),
-                created_at: now,
-                updated_at: now,
-            },
-        );
-        svc.task_definition = arn.clone();
-    } else if let Some(p) = svc.deployments.iter_mut().find(|d| d.status == "PRIMARY") {
-        p.desired_count = svc.desired_count;
+        svc.begin_deployment(Deployment {
+            id: "planned".into(),
+            status: DeploymentStatus::Primary,
+            task_definition: arn.clone(),
+            desired_count: svc.desired_count,
+            pending_count: 0,
+            running_count: 0,
+            failed_tasks: 0,
+            rollout_state: RolloutState::InProgress,
+            rollout_state_reason: String::new(),
+            created_at: now,
+            updated_at: now,
+        });
+    } else {
+        let desired = svc.desired_count;
+        if let Some(p) = svc.primary_mut() {
+            p.desired_count = desired;
+        }
     }
     let state = view
         .service_states

@@ -25,10 +25,12 @@
 //!    check and then crash within the grace period still trip the breaker.
 //! 6. A deployment whose tasks keep failing relaunches with exponential
 //!    backoff (1 s doubling to 60 s), reported in the events.
+//!
+//! Each rule is a function in `rules` with its own unit tests; [`plan`] only
+//! runs them in order over one [`Pass`](rules::Pass). The scenario tests in
+//! `tests` check the rules together over many passes.
 
-use berth_model::{
-    Deployment, HealthStatus, RolloutState, Service, ServiceEvent, ServiceStatus, TaskStatus, Timestamp,
-};
+use berth_model::{HealthStatus, Service, TaskStatus, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// One task of the service, as the planner needs it.
@@ -125,339 +127,24 @@ pub struct PassInput<'a> {
     pub event_id: &'a dyn Fn(usize) -> String,
 }
 
-const BACKOFF_MAX: f64 = 60.0;
-
-fn threshold(desired: u32) -> u32 {
-    desired.div_ceil(2).clamp(3, 200)
-}
-
-fn event(input: &PassInput<'_>, svc: &mut Service, n: &mut usize, message: String) {
-    *n += 1;
-    svc.push_event(ServiceEvent {
-        id: (input.event_id)(*n),
-        created_at: input.now,
-        message,
-    });
-}
-
-/// One reconciliation pass over a service.
+/// One reconciliation pass over a service: the rules of the module
+/// documentation, applied in order.
 pub fn plan(input: &PassInput<'_>) -> ServicePlan {
-    let now = input.now;
-    let mut svc = input.service.clone();
-    let mut state = input.state.clone();
-    let mut stop: Vec<(String, String)> = Vec::new();
-    let mut events = 0usize;
-    let name = format!("(service {})", svc.service_name);
-    let grace = f64::from(svc.health_check_grace_period_seconds.unwrap_or(0));
-    let desired = if svc.status == ServiceStatus::Active {
-        svc.desired_count
-    } else {
-        0
-    };
-    let dc = svc.deployment_configuration;
-
-    // Failures reported since last time feed the breaker and the backoff.
-    for (deployment, reason) in input.new_failures {
-        if let Some(d) = svc.deployments.iter_mut().find(|d| &d.id == deployment) {
-            d.failed_tasks += 1;
-        }
-        state.consecutive_failures += 1;
-        let delay = (2f64.powi(state.consecutive_failures.saturating_sub(1).min(10) as i32)).min(BACKOFF_MAX);
-        state.next_launch_at = now + delay;
-        event(
-            input,
-            &mut svc,
-            &mut events,
-            format!(
-                "{name} task failed ({reason}); next launch in {delay:.0} s (attempt {})",
-                state.consecutive_failures
-            ),
-        );
-    }
-
-    // 1. Unhealthy tasks past the grace period are replaced.
-    let mut failed_unhealthy = Vec::new();
-    for t in input.tasks.iter().filter(|t| t.unhealthy_past_grace(grace, now)) {
-        stop.push((t.id.clone(), "Task failed container health checks".into()));
-        failed_unhealthy.push(t.deployment.clone());
-    }
-    for d in failed_unhealthy {
-        if let Some(dep) = svc.deployments.iter_mut().find(|x| x.id == d) {
-            dep.failed_tasks += 1;
-        }
-    }
-    let stopping = |id: &str, stop: &[(String, String)]| stop.iter().any(|(s, _)| s == id);
-
-    // 5. Circuit breaker on the primary deployment.
-    let breaker = dc.deployment_circuit_breaker.unwrap_or_default();
-    if let Some(primary) = svc.deployments.iter().position(|d| d.status == "PRIMARY") {
-        let p = &svc.deployments[primary];
-        if breaker.enable
-            && p.rollout_state == RolloutState::InProgress
-            && p.failed_tasks >= threshold(p.desired_count.max(desired))
-        {
-            let failed_td = p.task_definition.clone();
-            let reason = format!(
-                "ECS deployment circuit breaker: tasks failed to start ({} failed).",
-                p.failed_tasks
-            );
-            svc.deployments[primary].rollout_state = RolloutState::Failed;
-            svc.deployments[primary].rollout_state_reason = reason.clone();
-            svc.deployments[primary].updated_at = now;
-            let msg = format!("{name} deployment {} failed: {reason}", svc.deployments[primary].id);
-            event(input, &mut svc, &mut events, msg);
-            if breaker.rollback
-                && let Some(target) = state.last_stable.clone().filter(|t| *t != failed_td)
-            {
-                for d in &mut svc.deployments {
-                    if d.status == "PRIMARY" {
-                        d.status = "ACTIVE".into();
-                    }
-                }
-                let id = format!("ecs-svc/rollback-{}", (input.event_id)(0));
-                svc.deployments.insert(
-                    0,
-                    Deployment {
-                        id: id.clone(),
-                        status: "PRIMARY".into(),
-                        task_definition: target.clone(),
-                        desired_count: desired,
-                        pending_count: 0,
-                        running_count: 0,
-                        failed_tasks: 0,
-                        rollout_state: RolloutState::InProgress,
-                        rollout_state_reason: format!("ECS deployment rolling back to {target}."),
-                        created_at: now,
-                        updated_at: now,
-                    },
-                );
-                svc.task_definition = target.clone();
-                state.consecutive_failures = 0;
-                state.next_launch_at = 0.0;
-                event(
-                    input,
-                    &mut svc,
-                    &mut events,
-                    format!("{name} rolling back to {target} in deployment {id}."),
-                );
-            }
-        }
-    }
-
-    let primary = svc.deployments.iter().find(|d| d.status == "PRIMARY").cloned();
-    let primary_failed = primary
-        .as_ref()
-        .is_some_and(|p| p.rollout_state == RolloutState::Failed);
-    let active: Vec<&TaskView> = input
-        .tasks
-        .iter()
-        .filter(|t| t.active() && !stopping(&t.id, &stop))
-        .collect();
-    let in_primary = |t: &TaskView| primary.as_ref().is_some_and(|p| p.id == t.deployment);
-    let max_total = (u64::from(desired) * u64::from(dc.maximum_percent) / 100) as usize;
-    let min_healthy = (u64::from(desired) * u64::from(dc.minimum_healthy_percent)).div_ceil(100) as usize;
-
-    // 2 + 3. Start primary tasks up to desired (not counting ones leaving a
-    // draining instance), within maximumPercent.
-    let keepers = active.iter().filter(|t| in_primary(t) && !t.instance_draining).count();
-    let mut start = None;
-    let mut wake_at = None;
-    if desired as usize > keepers && !primary_failed {
-        let room = max_total.max(desired as usize).saturating_sub(active.len());
-        let want = (desired as usize - keepers).min(room);
-        if want > 0 {
-            if now < state.next_launch_at {
-                wake_at = Some(state.next_launch_at);
-            } else if let Some(p) = &primary {
-                start = Some(Start {
-                    deployment: p.id.clone(),
-                    task_definition: p.task_definition.clone(),
-                    count: want as u32,
-                });
-            }
-        }
-    }
-
-    // Stop what is surplus, keeping at least the minimum healthy.
-    let healthy_now = active.iter().filter(|t| t.healthy()).count();
-    let mut can_stop_healthy = healthy_now.saturating_sub(min_healthy);
-    let primary_healthy = active
-        .iter()
-        .filter(|t| in_primary(t) && t.healthy() && !t.instance_draining)
-        .count();
-    // Old deployments and draining instances go once replacements are healthy.
-    let mut leaving: Vec<&TaskView> = active
-        .iter()
-        .filter(|t| !in_primary(t) || t.instance_draining)
-        .copied()
-        .collect();
-    leaving.sort_by(|a, b| scale_in_order(a, b));
-    let surplus_primary = keepers.saturating_sub(desired as usize);
-    let mut candidates: Vec<&TaskView> = active
-        .iter()
-        .filter(|t| in_primary(t) && !t.instance_draining)
-        .copied()
-        .collect();
-    candidates.sort_by(|a, b| scale_in_order(a, b));
-    let mut to_stop: Vec<(&TaskView, &str)> = Vec::new();
-    let replaced = primary_healthy.min(desired as usize);
-    // Old tasks stand in for missing new ones, but leave room under
-    // maximumPercent for the replacements to start.
-    // A failed deployment without rollback keeps what still serves.
-    let old_healthy_needed = if primary_failed {
-        desired as usize
-    } else {
-        (desired as usize)
-            .saturating_sub(replaced)
-            .min(max_total.saturating_sub(desired as usize))
-    };
-    let mut old_kept_healthy = 0;
-    for t in leaving.iter().rev() {
-        // Keep the healthiest old tasks that still stand in for missing new ones.
-        if t.healthy() && old_kept_healthy < old_healthy_needed {
-            old_kept_healthy += 1;
-            continue;
-        }
-        to_stop.push((
-            t,
-            if t.instance_draining {
-                "Instance is draining"
-            } else {
-                "Deployment replaced"
-            },
-        ));
-    }
-    for t in candidates.iter().filter(|t| !t.protected).take(surplus_primary) {
-        to_stop.push((t, "Scaling activity initiated by deployment"));
-    }
-    for (t, reason) in to_stop {
-        if t.protected && !t.instance_draining && in_primary(t) {
-            continue;
-        }
-        if t.healthy() {
-            if can_stop_healthy == 0 {
-                continue;
-            }
-            can_stop_healthy -= 1;
-        }
-        stop.push((t.id.clone(), reason.to_string()));
-    }
-
-    // Counts, rollout states, events.
-    let remaining: Vec<&TaskView> = input
-        .tasks
-        .iter()
-        .filter(|t| t.active() && !stopping(&t.id, &stop))
-        .collect();
-    svc.running_count = remaining
-        .iter()
-        .filter(|t| t.last_status == TaskStatus::Running)
-        .count() as u32;
-    svc.pending_count = remaining.iter().filter(|t| t.last_status < TaskStatus::Running).count() as u32;
-    for d in &mut svc.deployments {
-        d.running_count = remaining
-            .iter()
-            .filter(|t| t.deployment == d.id && t.last_status == TaskStatus::Running)
-            .count() as u32;
-        d.pending_count = remaining
-            .iter()
-            .filter(|t| t.deployment == d.id && t.last_status < TaskStatus::Running)
-            .count() as u32;
-        if d.status == "PRIMARY" {
-            d.desired_count = desired;
-        }
-    }
-    let primary_id = primary.as_ref().map(|p| p.id.clone());
-    // A primary task completes its deployment (and ends a crash streak) only
-    // once it has been healthy through the grace period: one that crashes
-    // within it still counts against the deployment and its breaker.
-    let settled = |t: &TaskView| t.healthy() && t.started_at.is_none_or(|s| now - s >= grace);
-    let primary_healthy_after = remaining
-        .iter()
-        .filter(|t| Some(&t.deployment) == primary_id.as_ref() && settled(t))
-        .count();
-    for t in remaining
-        .iter()
-        .filter(|t| Some(&t.deployment) == primary_id.as_ref() && t.healthy() && !settled(t))
-    {
-        if let Some(at) = t.started_at.map(|s| s + grace) {
-            wake_at = Some(wake_at.map_or(at, |w: f64| w.min(at)));
-        }
-    }
-    let olds_left = remaining.iter().any(|t| Some(&t.deployment) != primary_id.as_ref());
-    if primary_healthy_after > 0 {
-        state.consecutive_failures = 0;
-    }
-    let mut completed = None;
-    if let Some(p) = svc.deployments.iter_mut().find(|d| d.status == "PRIMARY")
-        && p.rollout_state == RolloutState::InProgress
-        && primary_healthy_after >= desired as usize
-        && !olds_left
-    {
-        p.rollout_state = RolloutState::Completed;
-        p.rollout_state_reason = "ECS deployment completed.".into();
-        p.updated_at = now;
-        completed = Some((p.id.clone(), p.task_definition.clone()));
-    }
-    if let Some((id, td)) = completed {
-        state.last_stable = Some(td);
-        event(
-            input,
-            &mut svc,
-            &mut events,
-            format!("{name} deployment {id} completed."),
-        );
-    }
-    if !olds_left {
-        svc.deployments.retain(|d| d.status == "PRIMARY");
-    }
-    if let Some(s) = &start {
-        event(
-            input,
-            &mut svc,
-            &mut events,
-            format!("{name} has started {} tasks.", s.count),
-        );
-    }
-    let steady = start.is_none()
-        && stop.is_empty()
-        && svc.deployments.len() == 1
-        && svc.running_count == desired
-        && svc.pending_count == 0;
-    if steady && !state.steady {
-        event(
-            input,
-            &mut svc,
-            &mut events,
-            format!("{name} has reached a steady state."),
-        );
-    }
-    state.steady = steady;
-    // Gone only once the tasks are really stopped, not just asked to stop.
-    let inactive = svc.status == ServiceStatus::Draining && input.tasks.iter().all(|t| !t.active());
-    if inactive {
-        svc.status = ServiceStatus::Inactive;
-    }
-    ServicePlan {
-        start,
-        stop,
-        service: svc,
-        state,
-        inactive,
-        wake_at,
-    }
+    let mut pass = rules::Pass::new(input);
+    rules::record_failures(&mut pass);
+    rules::replace_unhealthy(&mut pass);
+    rules::trip_circuit_breaker(&mut pass);
+    let limits = rules::Limits::of(&pass);
+    let start = rules::start_primary_tasks(&mut pass, &limits);
+    let leaving = rules::retire_old_tasks(&pass, &limits);
+    let surplus = rules::scale_in(&pass, &limits);
+    rules::stop_within_minimum_healthy(&mut pass, &limits, leaving.into_iter().chain(surplus));
+    rules::update_counts(&mut pass);
+    rules::complete_deployment(&mut pass);
+    rules::report(&mut pass, start.as_ref());
+    pass.finish(start)
 }
 
-/// Which task goes first when some must: unprotected before protected,
-/// unhealthy first, older deployments first, then the emptiest instance,
-/// then the newest task.
-fn scale_in_order(a: &TaskView, b: &TaskView) -> std::cmp::Ordering {
-    a.protected
-        .cmp(&b.protected)
-        .then_with(|| a.healthy().cmp(&b.healthy()))
-        .then_with(|| a.instance_load.cmp(&b.instance_load))
-        .then_with(|| b.created_at.total_cmp(&a.created_at))
-}
-
+mod rules;
 #[cfg(test)]
 mod tests;

@@ -28,8 +28,8 @@ pub use lb::{
 pub use overrides::{AwsVpcConfiguration, ContainerOverride, NetworkConfiguration, TaskOverride};
 pub use resources::{Eni, PortSet, Protocol, ResourceKind, Resources, Shortfall};
 pub use service::{
-    Deployment, DeploymentCircuitBreaker, DeploymentConfiguration, LoadBalancer, PlacementStrategy, RolloutState,
-    Service, ServiceEvent, ServiceStatus,
+    Deployment, DeploymentCircuitBreaker, DeploymentConfiguration, DeploymentStatus, LoadBalancer, PlacementStrategy,
+    RolloutState, Service, ServiceEvent, ServiceStatus,
 };
 pub use task::{Container, HealthStatus, NetworkBinding, Task, TaskStatus};
 pub use taskdef::{

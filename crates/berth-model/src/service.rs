@@ -13,6 +13,18 @@ pub enum ServiceStatus {
     Inactive,
 }
 
+/// Where a deployment stands among a service's deployments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeploymentStatus {
+    /// The newest deployment: new tasks are started for it.
+    Primary,
+    /// An older deployment whose tasks drain as the primary's become healthy.
+    Active,
+    /// A deployment with nothing left.
+    Inactive,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RolloutState {
@@ -105,8 +117,7 @@ impl Default for DeploymentConfiguration {
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
     pub id: String,
-    /// PRIMARY, ACTIVE (older, draining) or INACTIVE.
-    pub status: String,
+    pub status: DeploymentStatus,
     pub task_definition: String,
     pub desired_count: u32,
     #[serde(default)]
@@ -169,6 +180,31 @@ impl Service {
     pub fn push_event(&mut self, event: ServiceEvent) {
         self.events.insert(0, event);
         self.events.truncate(Self::MAX_EVENTS);
+    }
+
+    /// The deployment new tasks are started for, if any.
+    pub fn primary(&self) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.status == DeploymentStatus::Primary)
+    }
+
+    pub fn primary_mut(&mut self) -> Option<&mut Deployment> {
+        self.deployments
+            .iter_mut()
+            .find(|d| d.status == DeploymentStatus::Primary)
+    }
+
+    /// Makes `d` the primary deployment (listed first, as ECS does); the
+    /// previous primary becomes ACTIVE and drains.
+    pub fn begin_deployment(&mut self, mut d: Deployment) {
+        for old in &mut self.deployments {
+            if old.status == DeploymentStatus::Primary {
+                old.status = DeploymentStatus::Active;
+                old.updated_at = d.created_at;
+            }
+        }
+        d.status = DeploymentStatus::Primary;
+        self.task_definition.clone_from(&d.task_definition);
+        self.deployments.insert(0, d);
     }
 }
 
@@ -243,6 +279,7 @@ mod tests {
         let mut svc: Service = serde_json::from_str(json).unwrap();
         svc.validate().unwrap();
         assert_eq!(svc.deployment_configuration.maximum_percent, 200);
+        assert_eq!(svc.primary(), None);
         for i in 0..150 {
             svc.push_event(ServiceEvent {
                 id: i.to_string(),
@@ -257,5 +294,51 @@ mod tests {
             svc.validate().unwrap_err().field,
             "deploymentConfiguration.minimumHealthyPercent"
         );
+    }
+
+    fn deployment(id: &str, td: &str) -> Deployment {
+        Deployment {
+            id: id.into(),
+            status: DeploymentStatus::Primary,
+            task_definition: td.into(),
+            desired_count: 1,
+            pending_count: 0,
+            running_count: 0,
+            failed_tasks: 0,
+            rollout_state: RolloutState::InProgress,
+            rollout_state_reason: String::new(),
+            created_at: 0.0,
+            updated_at: 0.0,
+        }
+    }
+
+    #[test]
+    fn deployment_status_reads_the_stored_strings() {
+        // Records written while the status was a plain string read back.
+        let json = r#"{"id":"d1","status":"PRIMARY","taskDefinition":"web:1","desiredCount":1,
+            "rolloutState":"IN_PROGRESS","createdAt":1.0,"updatedAt":1.0}"#;
+        let d: Deployment = serde_json::from_str(json).unwrap();
+        assert_eq!(d.status, DeploymentStatus::Primary);
+        let back = serde_json::to_value(&d).unwrap();
+        assert_eq!(back["status"], "PRIMARY");
+        let active = serde_json::json!({"status": "ACTIVE"});
+        assert_eq!(
+            active["status"],
+            serde_json::to_value(DeploymentStatus::Active).unwrap()
+        );
+        let bad = json.replace("PRIMARY", "PRIMARILY");
+        assert!(serde_json::from_str::<Deployment>(&bad).is_err());
+    }
+
+    #[test]
+    fn a_new_deployment_demotes_the_primary() {
+        let json = r#"{"serviceName":"web","serviceArn":"a","clusterArn":"c","status":"ACTIVE",
+            "taskDefinition":"web:1","desiredCount":2,"createdAt":1.0}"#;
+        let mut svc: Service = serde_json::from_str(json).unwrap();
+        svc.begin_deployment(deployment("d1", "web:1"));
+        svc.begin_deployment(deployment("d2", "web:2"));
+        assert_eq!(svc.primary().map(|d| d.id.as_str()), Some("d2"));
+        assert_eq!(svc.deployments[1].status, DeploymentStatus::Active);
+        assert_eq!(svc.task_definition, "web:2");
     }
 }

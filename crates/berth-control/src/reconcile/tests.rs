@@ -3,7 +3,10 @@
 //! are checked at every step, not only at the end.
 
 use super::*;
-use berth_model::{DeploymentCircuitBreaker, DeploymentConfiguration, ServiceStatus};
+use berth_model::{
+    Deployment, DeploymentCircuitBreaker, DeploymentConfiguration, DeploymentStatus, HealthStatus, RolloutState,
+    ServiceStatus,
+};
 
 struct World {
     svc: Service,
@@ -78,14 +81,15 @@ impl World {
         self.tasks.retain(|(t, _)| t.last_status != TaskStatus::Stopped);
         let views: Vec<TaskView> = self.tasks.iter().map(|(t, _)| t.clone()).collect();
         let ids = |n: usize| format!("e{n}");
-        let p = plan(&PassInput {
+        let input = PassInput {
             service: &self.svc,
             state: &self.state,
             tasks: &views,
             new_failures: &failures,
             now: self.now,
             event_id: &ids,
-        });
+        };
+        let p = plan(&input);
         for (id, _) in &p.stop {
             self.tasks.retain(|(t, _)| &t.id != id);
         }
@@ -141,26 +145,19 @@ impl World {
     }
 
     fn deploy(&mut self, td: &str, id: &str) {
-        for d in &mut self.svc.deployments {
-            d.status = "ACTIVE".into();
-        }
-        self.svc.deployments.insert(
-            0,
-            Deployment {
-                id: id.into(),
-                status: "PRIMARY".into(),
-                task_definition: td.into(),
-                desired_count: self.svc.desired_count,
-                pending_count: 0,
-                running_count: 0,
-                failed_tasks: 0,
-                rollout_state: RolloutState::InProgress,
-                rollout_state_reason: String::new(),
-                created_at: self.now,
-                updated_at: self.now,
-            },
-        );
-        self.svc.task_definition = td.into();
+        self.svc.begin_deployment(Deployment {
+            id: id.into(),
+            status: DeploymentStatus::Primary,
+            task_definition: td.into(),
+            desired_count: self.svc.desired_count,
+            pending_count: 0,
+            running_count: 0,
+            failed_tasks: 0,
+            rollout_state: RolloutState::InProgress,
+            rollout_state_reason: String::new(),
+            created_at: self.now,
+            updated_at: self.now,
+        });
         self.td_of.insert(id.into(), td.into());
     }
 }

@@ -3,8 +3,8 @@
 //! that runs their tasks (group `service:NAME`) is its own component.
 
 use berth_model::{
-    Deployment, DeploymentConfiguration, LoadBalancer, PlacementConstraint, PlacementStrategy, ResourceType,
-    RolloutState, Service, ServiceStatus, Tag, Validate, short_name,
+    Deployment, DeploymentConfiguration, DeploymentStatus, LoadBalancer, PlacementConstraint, PlacementStrategy,
+    ResourceType, RolloutState, Service, ServiceStatus, Tag, Validate, short_name,
 };
 use berth_store::{CmpOp, Compare, Op, TxnRequest};
 use serde::Deserialize;
@@ -49,7 +49,7 @@ fn deployment(api: &Api, task_definition: &str, desired: u32) -> Deployment {
     let at = api.now();
     Deployment {
         id: deployment_id(),
-        status: "PRIMARY".into(),
+        status: DeploymentStatus::Primary,
         task_definition: task_definition.to_string(),
         desired_count: desired,
         pending_count: 0,
@@ -386,17 +386,14 @@ pub(crate) async fn update(api: &Api, body: &Value) -> Result<Value, ApiError> {
         let new_td = td_arn.clone().filter(|a| *a != svc.task_definition);
         if new_td.is_some() || req.force_new_deployment {
             let arn = new_td.unwrap_or_else(|| svc.task_definition.clone());
-            for d in &mut svc.deployments {
-                if d.status == "PRIMARY" {
-                    d.status = "ACTIVE".into();
-                    d.updated_at = api.now();
-                }
+            let d = deployment(api, &arn, svc.desired_count);
+            svc.begin_deployment(d);
+        } else {
+            let desired = svc.desired_count;
+            if let Some(primary) = svc.primary_mut() {
+                primary.desired_count = desired;
+                primary.updated_at = api.now();
             }
-            svc.deployments.insert(0, deployment(api, &arn, svc.desired_count));
-            svc.task_definition = arn;
-        } else if let Some(primary) = svc.deployments.iter_mut().find(|d| d.status == "PRIMARY") {
-            primary.desired_count = svc.desired_count;
-            primary.updated_at = api.now();
         }
         svc.validate()?;
         super::run_task::check_expressions(&svc.placement_constraints, "placementConstraints")?;
