@@ -476,185 +476,13 @@ pub fn translate(
             "more than 10 services: one task definition holds at most 10 containers",
         ));
     }
-    let bad = |m: String| input_error(file, m);
     let mut containers = Vec::new();
     let mut replicas: BTreeMap<&str, u32> = BTreeMap::new();
     for (name, svc) in &services {
-        let at = format!("services.{name}");
-        let image = svc
-            .image
-            .clone()
-            .ok_or_else(|| bad(format!("{at}.image: is required (build: is not supported)")))?;
-        let mut c = json!({"name": name, "image": image, "essential": true});
-        if let Some(cmd) = &svc.command {
-            c["command"] = json!(words(cmd, &format!("{at}.command")).map_err(bad)?);
-        }
-        if let Some(ep) = &svc.entrypoint {
-            c["entryPoint"] = json!(words(ep, &format!("{at}.entrypoint")).map_err(bad)?);
-        }
-        // env_file first; `environment` wins over it, as in compose.
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        if let Some(files) = &svc.env_file {
-            let files = match files {
-                StrOrList::Str(s) => vec![s.clone()],
-                StrOrList::List(l) => l.clone(),
-            };
-            for f in files {
-                let text = read_env_file(&f).map_err(|e| bad(format!("{at}.env_file: {f}: {e}")))?;
-                for (k, v) in parse_env_file(&text).map_err(|e| bad(format!("{at}.env_file: {f}: {e}")))? {
-                    env.insert(k, v);
-                }
-            }
-        }
-        match &svc.environment {
-            Some(Environment::Map(m)) => {
-                for (k, v) in m {
-                    env.insert(k.clone(), v.as_ref().map(scalar_string).unwrap_or_default());
-                }
-            }
-            Some(Environment::List(l)) => {
-                for item in l {
-                    match item.split_once('=') {
-                        Some((k, v)) => env.insert(k.to_string(), v.to_string()),
-                        None => {
-                            warnings.push(format!(
-                                "{at}.environment: {item} has no value (values are not taken from your shell); set to empty"
-                            ));
-                            env.insert(item.clone(), String::new())
-                        }
-                    };
-                }
-            }
-            None => {}
-        }
-        if !env.is_empty() {
-            c["environment"] = Value::Array(env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect());
-        }
-        if let Some(ports) = &svc.ports {
-            let mut maps = Vec::new();
-            for (i, p) in ports.iter().enumerate() {
-                maps.push(port_mapping(p, &format!("{at}.ports[{i}]"), &mut warnings).map_err(bad)?);
-            }
-            c["portMappings"] = Value::Array(maps);
-        }
-        let mut memory = None;
-        let mut reservation = None;
-        let mut cpu = None;
-        if let Some(d) = &svc.deploy {
-            replicas.insert(name, d.replicas.unwrap_or(1));
-            if let Some(r) = &d.resources {
-                let res_at = format!("{at}.deploy.resources");
-                if let Some(l) = &r.limits {
-                    if let Some(m) = &l.memory {
-                        memory = Some(parse_memory_mib(m).map_err(|e| bad(format!("{res_at}.limits.memory: {e}")))?);
-                    }
-                    if let Some(c) = &l.cpus {
-                        cpu = Some(parse_cpus(c).map_err(|e| bad(format!("{res_at}.limits.cpus: {e}")))?);
-                    }
-                }
-                if let Some(l) = &r.reservations {
-                    if let Some(m) = &l.memory {
-                        reservation =
-                            Some(parse_memory_mib(m).map_err(|e| bad(format!("{res_at}.reservations.memory: {e}")))?);
-                    }
-                    // ECS `cpu` is what the scheduler reserves: the
-                    // reservation when there is one, else the limit.
-                    if let Some(c) = &l.cpus {
-                        cpu = Some(parse_cpus(c).map_err(|e| bad(format!("{res_at}.reservations.cpus: {e}")))?);
-                    }
-                }
-            }
-        } else {
-            replicas.insert(name, 1);
-        }
-        if let (Some(m), Some(r)) = (memory, reservation)
-            && r > m
-        {
-            return Err(bad(format!(
-                "{at}.deploy.resources: reservations.memory ({r} MiB) is greater than limits.memory ({m} MiB)"
-            )));
-        }
-        if memory.is_none() && reservation.is_none() {
-            memory = Some(DEFAULT_MEMORY_MIB);
-        }
-        if let Some(m) = memory {
-            c["memory"] = json!(m);
-        }
-        if let Some(r) = reservation {
-            c["memoryReservation"] = json!(r);
-        }
-        if let Some(cpu) = cpu {
-            c["cpu"] = json!(cpu);
-        }
-        if let Some(h) = &svc.healthcheck
-            && !h.disable.unwrap_or(false)
-        {
-            let hat = format!("{at}.healthcheck");
-            let command = match &h.test {
-                Some(StrOrList::Str(s)) => vec!["CMD-SHELL".to_string(), s.clone()],
-                Some(StrOrList::List(l)) => match l.first().map(String::as_str) {
-                    Some("NONE") => Vec::new(),
-                    Some("CMD") | Some("CMD-SHELL") if l.len() > 1 => l.clone(),
-                    _ => return Err(bad(format!("{hat}.test: must start with CMD or CMD-SHELL"))),
-                },
-                None => return Err(bad(format!("{hat}.test: is required"))),
-            };
-            if !command.is_empty() {
-                let secs = |v: &Option<String>, k: &str| -> Result<Option<u32>, ClientError> {
-                    v.as_deref()
-                        .map(parse_duration_secs)
-                        .transpose()
-                        .map_err(|e| bad(format!("{hat}.{k}: {e}")))
-                };
-                let mut hc = json!({"command": command});
-                if let Some(s) = secs(&h.interval, "interval")? {
-                    hc["interval"] = json!(s.clamp(5, 300));
-                }
-                if let Some(s) = secs(&h.timeout, "timeout")? {
-                    hc["timeout"] = json!(s.clamp(2, 60));
-                }
-                if let Some(r) = h.retries {
-                    hc["retries"] = json!(r.clamp(1, 10));
-                }
-                if let Some(s) = secs(&h.start_period, "start_period")? {
-                    hc["startPeriod"] = json!(s.min(300));
-                }
-                c["healthCheck"] = hc;
-            }
-        }
-        if let Some(deps) = &svc.depends_on {
-            let list: Vec<(String, String)> = match deps {
-                DependsOn::List(l) => l.iter().map(|d| (d.clone(), "START".to_string())).collect(),
-                DependsOn::Map(m) => {
-                    let mut out = Vec::new();
-                    for (d, long) in m {
-                        let cond = match long.condition.as_deref() {
-                            None | Some("service_started") => "START",
-                            Some("service_healthy") => "HEALTHY",
-                            Some("service_completed_successfully") => "SUCCESS",
-                            Some(other) => {
-                                return Err(bad(format!(
-                                    "{at}.depends_on.{d}.condition: '{other}' is not a compose condition"
-                                )));
-                            }
-                        };
-                        out.push((d.clone(), cond.to_string()));
-                    }
-                    out
-                }
-            };
-            for (d, _) in &list {
-                if !services.contains_key(d) {
-                    return Err(bad(format!("{at}.depends_on: no service named '{d}' in this file")));
-                }
-            }
-            c["dependsOn"] = Value::Array(
-                list.iter()
-                    .map(|(d, cond)| json!({"containerName": d, "condition": cond}))
-                    .collect(),
-            );
-        }
+        let c = container(name, svc, &services, read_env_file, &mut warnings).map_err(|m| input_error(file, m))?;
         containers.push(c);
+        let n = svc.deploy.as_ref().and_then(|d| d.replicas).unwrap_or(1);
+        replicas.insert(name, n);
     }
     let max = replicas.values().copied().max().unwrap_or(1);
     if replicas.values().any(|r| *r != max) {
@@ -670,6 +498,221 @@ pub fn translate(
         replicas: max,
         warnings,
     })
+}
+
+/// One compose service as an ECS container definition; errors name the key
+/// (`services.web.deploy.resources.limits.memory: ...`).
+fn container(
+    name: &str,
+    svc: &Service,
+    services: &BTreeMap<String, Service>,
+    read_env_file: &dyn Fn(&str) -> Result<String, String>,
+    warnings: &mut Vec<String>,
+) -> Result<Value, String> {
+    let at = format!("services.{name}");
+    let image = svc
+        .image
+        .clone()
+        .ok_or_else(|| format!("{at}.image: is required (build: is not supported)"))?;
+    let mut c = json!({"name": name, "image": image, "essential": true});
+    if let Some(cmd) = &svc.command {
+        c["command"] = json!(words(cmd, &format!("{at}.command"))?);
+    }
+    if let Some(ep) = &svc.entrypoint {
+        c["entryPoint"] = json!(words(ep, &format!("{at}.entrypoint"))?);
+    }
+    let env = environment(svc, &at, read_env_file, warnings)?;
+    if !env.is_empty() {
+        c["environment"] = Value::Array(env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect());
+    }
+    if let Some(ports) = &svc.ports {
+        let mut maps = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            maps.push(port_mapping(p, &format!("{at}.ports[{i}]"), warnings)?);
+        }
+        c["portMappings"] = Value::Array(maps);
+    }
+    let sizes = sizes(svc.deploy.as_ref(), &at)?;
+    if let Some(m) = sizes.memory {
+        c["memory"] = json!(m);
+    }
+    if let Some(r) = sizes.reservation {
+        c["memoryReservation"] = json!(r);
+    }
+    if let Some(cpu) = sizes.cpu {
+        c["cpu"] = json!(cpu);
+    }
+    if let Some(h) = &svc.healthcheck
+        && let Some(hc) = health_check(h, &format!("{at}.healthcheck"))?
+    {
+        c["healthCheck"] = hc;
+    }
+    if let Some(deps) = &svc.depends_on {
+        c["dependsOn"] = depends_on(deps, &at, services)?;
+    }
+    Ok(c)
+}
+
+/// `env_file`s first; `environment` wins over them, as in compose.
+fn environment(
+    svc: &Service,
+    at: &str,
+    read_env_file: &dyn Fn(&str) -> Result<String, String>,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(files) = &svc.env_file {
+        let files = match files {
+            StrOrList::Str(s) => vec![s.clone()],
+            StrOrList::List(l) => l.clone(),
+        };
+        for f in files {
+            let text = read_env_file(&f).map_err(|e| format!("{at}.env_file: {f}: {e}"))?;
+            for (k, v) in parse_env_file(&text).map_err(|e| format!("{at}.env_file: {f}: {e}"))? {
+                env.insert(k, v);
+            }
+        }
+    }
+    match &svc.environment {
+        Some(Environment::Map(m)) => {
+            for (k, v) in m {
+                env.insert(k.clone(), v.as_ref().map(scalar_string).unwrap_or_default());
+            }
+        }
+        Some(Environment::List(l)) => {
+            for item in l {
+                match item.split_once('=') {
+                    Some((k, v)) => env.insert(k.to_string(), v.to_string()),
+                    None => {
+                        warnings.push(format!(
+                            "{at}.environment: {item} has no value (values are not taken from your shell); set to empty"
+                        ));
+                        env.insert(item.clone(), String::new())
+                    }
+                };
+            }
+        }
+        None => {}
+    }
+    Ok(env)
+}
+
+/// A container's memory limit, reservation and CPU units.
+#[derive(Debug, Default, PartialEq)]
+struct Sizes {
+    memory: Option<u32>,
+    reservation: Option<u32>,
+    cpu: Option<u32>,
+}
+
+/// `deploy.resources` as ECS sizes; a container with neither a memory limit
+/// nor a reservation gets [`DEFAULT_MEMORY_MIB`].
+fn sizes(deploy: Option<&Deploy>, at: &str) -> Result<Sizes, String> {
+    let mut out = Sizes::default();
+    if let Some(r) = deploy.and_then(|d| d.resources.as_ref()) {
+        let res_at = format!("{at}.deploy.resources");
+        if let Some(l) = &r.limits {
+            if let Some(m) = &l.memory {
+                out.memory = Some(parse_memory_mib(m).map_err(|e| format!("{res_at}.limits.memory: {e}"))?);
+            }
+            if let Some(c) = &l.cpus {
+                out.cpu = Some(parse_cpus(c).map_err(|e| format!("{res_at}.limits.cpus: {e}"))?);
+            }
+        }
+        if let Some(l) = &r.reservations {
+            if let Some(m) = &l.memory {
+                out.reservation = Some(parse_memory_mib(m).map_err(|e| format!("{res_at}.reservations.memory: {e}"))?);
+            }
+            // ECS `cpu` is what the scheduler reserves: the reservation
+            // when there is one, else the limit.
+            if let Some(c) = &l.cpus {
+                out.cpu = Some(parse_cpus(c).map_err(|e| format!("{res_at}.reservations.cpus: {e}"))?);
+            }
+        }
+    }
+    if let (Some(m), Some(r)) = (out.memory, out.reservation)
+        && r > m
+    {
+        return Err(format!(
+            "{at}.deploy.resources: reservations.memory ({r} MiB) is greater than limits.memory ({m} MiB)"
+        ));
+    }
+    if out.memory.is_none() && out.reservation.is_none() {
+        out.memory = Some(DEFAULT_MEMORY_MIB);
+    }
+    Ok(out)
+}
+
+/// A compose `healthcheck` as an ECS `healthCheck`, its times clamped to
+/// what ECS accepts; `None` when disabled or `NONE`.
+fn health_check(h: &Healthcheck, hat: &str) -> Result<Option<Value>, String> {
+    if h.disable.unwrap_or(false) {
+        return Ok(None);
+    }
+    let command = match &h.test {
+        Some(StrOrList::Str(s)) => vec!["CMD-SHELL".to_string(), s.clone()],
+        Some(StrOrList::List(l)) => match l.first().map(String::as_str) {
+            Some("NONE") => return Ok(None),
+            Some("CMD") | Some("CMD-SHELL") if l.len() > 1 => l.clone(),
+            _ => return Err(format!("{hat}.test: must start with CMD or CMD-SHELL")),
+        },
+        None => return Err(format!("{hat}.test: is required")),
+    };
+    let secs = |v: &Option<String>, k: &str| -> Result<Option<u32>, String> {
+        v.as_deref()
+            .map(parse_duration_secs)
+            .transpose()
+            .map_err(|e| format!("{hat}.{k}: {e}"))
+    };
+    let mut hc = json!({"command": command});
+    if let Some(s) = secs(&h.interval, "interval")? {
+        hc["interval"] = json!(s.clamp(5, 300));
+    }
+    if let Some(s) = secs(&h.timeout, "timeout")? {
+        hc["timeout"] = json!(s.clamp(2, 60));
+    }
+    if let Some(r) = h.retries {
+        hc["retries"] = json!(r.clamp(1, 10));
+    }
+    if let Some(s) = secs(&h.start_period, "start_period")? {
+        hc["startPeriod"] = json!(s.min(300));
+    }
+    Ok(Some(hc))
+}
+
+/// `depends_on` (list or long form) as ECS `dependsOn`; every name must be
+/// a service of the same file.
+fn depends_on(deps: &DependsOn, at: &str, services: &BTreeMap<String, Service>) -> Result<Value, String> {
+    let list: Vec<(String, &str)> = match deps {
+        DependsOn::List(l) => l.iter().map(|d| (d.clone(), "START")).collect(),
+        DependsOn::Map(m) => {
+            let mut out = Vec::new();
+            for (d, long) in m {
+                let cond = match long.condition.as_deref() {
+                    None | Some("service_started") => "START",
+                    Some("service_healthy") => "HEALTHY",
+                    Some("service_completed_successfully") => "SUCCESS",
+                    Some(other) => {
+                        return Err(format!(
+                            "{at}.depends_on.{d}.condition: '{other}' is not a compose condition"
+                        ));
+                    }
+                };
+                out.push((d.clone(), cond));
+            }
+            out
+        }
+    };
+    for (d, _) in &list {
+        if !services.contains_key(d) {
+            return Err(format!("{at}.depends_on: no service named '{d}' in this file"));
+        }
+    }
+    Ok(Value::Array(
+        list.iter()
+            .map(|(d, cond)| json!({"containerName": d, "condition": cond}))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
