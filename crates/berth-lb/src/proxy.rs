@@ -24,7 +24,7 @@ use crate::h1::{Framing, RawBody, RawPool};
 use crate::metrics::ErrorKind;
 use crate::outlier::Outcome;
 use crate::pool::{Lease, Pool, SendError};
-use crate::state::{Group, InFlight, Routing};
+use crate::state::{Group, InFlight, Routing, Target};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The client health checks use.
@@ -243,6 +243,143 @@ pub(crate) async fn handle(
     forward(group, pool, settings, client, req).await
 }
 
+/// The request as every attempt sends it.
+struct Outbound {
+    method: Method,
+    path: PathAndQuery,
+    headers: HeaderMap,
+    payload: Payload,
+    idempotent: bool,
+    /// Whether the lean HTTP/1.1 path may carry it: the body is in memory
+    /// and the request neither expects an interim 100 (hyper's client
+    /// handles those) nor tunnels.
+    lean: bool,
+}
+
+/// How one attempt ended.
+enum Tried {
+    Answered(Answer),
+    Failed(SendError),
+    TimedOut,
+    /// A streamed body was spent by an earlier attempt: nothing to resend.
+    BodyGone,
+    /// The target's address does not make a request URI.
+    BadTarget,
+}
+
+impl Outbound {
+    /// Sends one attempt to `target`, within `timeout`.
+    async fn send(&mut self, pool: &Arc<Pool>, target: &Target, timeout: std::time::Duration) -> Tried {
+        let sent = match &mut self.payload {
+            Payload::Replay(b) if self.lean => {
+                let out = crate::h1::Outgoing {
+                    resend: self.idempotent,
+                    method: &self.method,
+                    path: &self.path,
+                    headers: &self.headers,
+                    body: b,
+                };
+                tokio::time::timeout(timeout, pool.raw.send(target.addr, &out))
+                    .await
+                    .map(|r| r.map(|(head, framing, conn)| Answer::Raw(head, framing, conn)))
+            }
+            payload => {
+                let body = match payload {
+                    Payload::Replay(b) => UpstreamBody::full(b.clone()),
+                    Payload::Stream(s) => match s.take() {
+                        Some(s) => UpstreamBody::Stream(s),
+                        None => return Tried::BodyGone,
+                    },
+                };
+                let uri = Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(target.authority.clone())
+                    .path_and_query(self.path.clone())
+                    .build();
+                let Ok(uri) = uri else {
+                    return Tried::BadTarget;
+                };
+                let mut up = Request::new(body);
+                *up.method_mut() = self.method.clone();
+                *up.uri_mut() = uri;
+                *up.version_mut() = Version::HTTP_11;
+                *up.headers_mut() = self.headers.clone();
+                tokio::time::timeout(timeout, pool.send(target.addr, up))
+                    .await
+                    .map(|r| r.map(|(resp, lease)| Answer::Hyper(resp, lease)))
+            }
+        };
+        match sent {
+            Ok(Ok(answer)) => Tried::Answered(answer),
+            Ok(Err(e)) => Tried::Failed(e),
+            Err(_) => Tried::TimedOut,
+        }
+    }
+}
+
+/// Reads a body small enough to resend into memory; a larger one streams
+/// (and so gets one attempt). A refusal is the status and message to answer.
+async fn read_payload(
+    body: Incoming,
+    content_length: Option<u64>,
+    settings: &ProxySettings,
+) -> Result<Payload, (StatusCode, &'static str)> {
+    if content_length.is_some_and(|n| n > settings.max_body_bytes) {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "berth-lb: request body too large"));
+    }
+    let max_body = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
+    if body.is_end_stream() {
+        return Ok(Payload::Replay(Bytes::new()));
+    }
+    if content_length.is_none_or(|n| n > settings.retry_buffer_bytes) {
+        return Ok(Payload::Stream(Some(Limited::new(body, max_body))));
+    }
+    match Limited::new(body, max_body).collect().await {
+        Ok(c) => Ok(Payload::Replay(c.to_bytes())),
+        Err(e) if is_length_limit(e.as_ref()) => {
+            Err((StatusCode::PAYLOAD_TOO_LARGE, "berth-lb: request body too large"))
+        }
+        Err(_) => Err((StatusCode::BAD_REQUEST, "berth-lb: could not read the request body")),
+    }
+}
+
+/// The target for the next attempt, skipping those already `tried`; `Err`
+/// says whether some target was left out only for being at capacity.
+fn choose_target(group: &Group, tried: &[usize], now: Instant) -> Result<usize, bool> {
+    let cfg = &group.cfg;
+    let n = group.targets.len();
+    // Groups are small: candidates live on the stack unless they are not.
+    let mut cand_buf = [Candidate::default(); 32];
+    let cand_vec: Vec<Candidate>;
+    let cands: &[Candidate] = if n <= cand_buf.len() {
+        for (c, t) in cand_buf.iter_mut().zip(&group.targets) {
+            *c = t.candidate(now, cfg.max_pending_per_target);
+        }
+        &cand_buf[..n]
+    } else {
+        cand_vec = group
+            .targets
+            .iter()
+            .map(|t| t.candidate(now, cfg.max_pending_per_target))
+            .collect();
+        &cand_vec
+    };
+    let cursor = group.shared.cursor.fetch_add(1, Relaxed);
+    pick(cands, tried, cfg.algorithm, cursor, rand::random(), rand::random())
+        .ok_or_else(|| cands.iter().any(|c| c.saturated))
+}
+
+/// A failed send as the retry policy sees it, or `None` when the request
+/// body turned out too large (no retry can help).
+fn classify(e: SendError) -> Option<(Attempt, ErrorKind, String)> {
+    match e {
+        SendError::NotSent(e) => Some((Attempt::NotSent, ErrorKind::Connect, e)),
+        SendError::Broken(e) if is_length_limit(&e) => None,
+        SendError::Broken(e) => Some((Attempt::Broken, ErrorKind::Broken, e.to_string())),
+        SendError::Failed(e) => Some((Attempt::Broken, ErrorKind::Broken, e)),
+    }
+}
+
 async fn forward(
     group: Arc<Group>,
     pool: &Arc<Pool>,
@@ -260,45 +397,32 @@ async fn forward(
         shared.counters.response(status.as_u16(), started.elapsed());
         text(status, msg)
     };
+    let refuse = |status: StatusCode, msg: &str| {
+        shared.counters.response(status.as_u16(), started.elapsed());
+        text(status, msg)
+    };
 
     let (parts, body) = req.into_parts();
     let content_length = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if content_length.is_some_and(|n| n > settings.max_body_bytes) {
-        shared.counters.response(413, started.elapsed());
-        return text(StatusCode::PAYLOAD_TOO_LARGE, "berth-lb: request body too large");
-    }
-    let max_body = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
-    let mut payload = if body.is_end_stream() {
-        Payload::Replay(Bytes::new())
-    } else if content_length.is_some_and(|n| n <= settings.retry_buffer_bytes) {
-        match Limited::new(body, max_body).collect().await {
-            Ok(c) => Payload::Replay(c.to_bytes()),
-            Err(e) => {
-                let (status, msg) = if is_length_limit(e.as_ref()) {
-                    (StatusCode::PAYLOAD_TOO_LARGE, "berth-lb: request body too large")
-                } else {
-                    (StatusCode::BAD_REQUEST, "berth-lb: could not read the request body")
-                };
-                shared.counters.response(status.as_u16(), started.elapsed());
-                return text(status, msg);
-            }
-        }
-    } else {
-        Payload::Stream(Some(Limited::new(body, max_body)))
+    let payload = match read_payload(body, content_length, settings).await {
+        Ok(p) => p,
+        Err((status, msg)) => return refuse(status, msg),
     };
-    let idempotent = is_idempotent(&parts.method);
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let headers = forward_headers(&parts, client);
-    // The lean path takes requests whose body is in memory, unless they
-    // expect an interim 100 (hyper's client handles those) or tunnel.
-    let lean = parts.method != Method::CONNECT && !parts.headers.contains_key(header::EXPECT);
+    let mut out = Outbound {
+        idempotent: is_idempotent(&parts.method),
+        path: parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        headers: forward_headers(&parts, client),
+        lean: parts.method != Method::CONNECT && !parts.headers.contains_key(header::EXPECT),
+        method: parts.method,
+        payload,
+    };
     let cfg = &group.cfg;
     // Targets this request failed on; attempts beyond its size are not made.
     let mut tried_buf = [usize::MAX; 16];
@@ -311,91 +435,35 @@ async fn forward(
     let mut now = started;
     for attempt in 0..cfg.max_attempts.min(tried_buf.len() as u32) {
         let tried = &tried_buf[..attempt as usize];
-        let n = group.targets.len();
-        let mut cand_buf = [Candidate::default(); 32];
-        let cand_vec: Vec<Candidate>;
-        let cands: &[Candidate] = if n <= cand_buf.len() {
-            for (c, t) in cand_buf.iter_mut().zip(&group.targets) {
-                *c = t.candidate(now, cfg.max_pending_per_target);
+        let idx = match choose_target(group, tried, now) {
+            Ok(idx) => idx,
+            Err(saturated) => {
+                if saturated && tried.is_empty() {
+                    last = (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorKind::CircuitOpen,
+                        "berth-lb: targets at capacity",
+                    );
+                }
+                break;
             }
-            &cand_buf[..n]
-        } else {
-            cand_vec = group
-                .targets
-                .iter()
-                .map(|t| t.candidate(now, cfg.max_pending_per_target))
-                .collect();
-            &cand_vec
-        };
-        let cursor = shared.cursor.fetch_add(1, Relaxed);
-        let Some(idx) = pick(cands, tried, cfg.algorithm, cursor, rand::random(), rand::random()) else {
-            if cands.iter().any(|c| c.saturated) && tried.is_empty() {
-                last = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorKind::CircuitOpen,
-                    "berth-lb: targets at capacity",
-                );
-            }
-            break;
         };
         tried_buf[attempt as usize] = idx;
         let guard = InFlight::new(group.targets[idx].clone());
         let target = &guard.0;
         target.counters.request();
-        let replayable = matches!(payload, Payload::Replay(_));
+        let replayable = matches!(out.payload, Payload::Replay(_));
         let sent = now;
-        let result = match &payload {
-            Payload::Replay(b) if lean => {
-                let out = crate::h1::Outgoing {
-                    resend: idempotent,
-                    method: &parts.method,
-                    path: &path,
-                    headers: &headers,
-                    body: b,
-                };
-                tokio::time::timeout(cfg.request_timeout, pool.raw.send(target.addr, &out))
-                    .await
-                    .map(|r| r.map(|(head, framing, conn)| Answer::Raw(head, framing, conn)))
-            }
-            _ => {
-                let body = match &mut payload {
-                    Payload::Replay(b) => UpstreamBody::full(b.clone()),
-                    Payload::Stream(s) => match s.take() {
-                        Some(s) => UpstreamBody::Stream(s),
-                        None => break,
-                    },
-                };
-                let uri = Uri::builder()
-                    .scheme(Scheme::HTTP)
-                    .authority(target.authority.clone())
-                    .path_and_query(path.clone())
-                    .build();
-                let Ok(uri) = uri else {
-                    return finish_err(
-                        StatusCode::BAD_REQUEST,
-                        ErrorKind::Broken,
-                        "berth-lb: bad request target",
-                    );
-                };
-                let mut up = Request::new(body);
-                *up.method_mut() = parts.method.clone();
-                *up.uri_mut() = uri;
-                *up.version_mut() = Version::HTTP_11;
-                *up.headers_mut() = headers.clone();
-                tokio::time::timeout(cfg.request_timeout, pool.send(target.addr, up))
-                    .await
-                    .map(|r| r.map(|(resp, lease)| Answer::Hyper(resp, lease)))
-            }
-        };
+        let result = out.send(pool, target, cfg.request_timeout).await;
         now = Instant::now();
-        let can_retry = |a: Attempt| attempt + 1 < cfg.max_attempts && retryable(a, idempotent, replayable);
+        let can_retry = |a: Attempt| attempt + 1 < cfg.max_attempts && retryable(a, out.idempotent, replayable);
         let spend = || {
             let ok = shared.try_retry(now);
             shared.counters.retry(ok);
             ok
         };
         match result {
-            Ok(Ok(answer)) => {
+            Tried::Answered(answer) => {
                 let status = answer.status().as_u16();
                 target.counters.response(status, now - sent);
                 let outcome = if status >= 500 {
@@ -414,17 +482,9 @@ async fn forward(
                 shared.counters.response(status, started.elapsed());
                 return answer.into_response(&pool.raw, target.addr, guard, group_guard);
             }
-            Ok(Err(e)) => {
-                let (a, kind, e) = match e {
-                    SendError::NotSent(e) => (Attempt::NotSent, ErrorKind::Connect, e),
-                    SendError::Broken(e) => {
-                        if is_length_limit(&e) {
-                            shared.counters.response(413, started.elapsed());
-                            return text(StatusCode::PAYLOAD_TOO_LARGE, "berth-lb: request body too large");
-                        }
-                        (Attempt::Broken, ErrorKind::Broken, e.to_string())
-                    }
-                    SendError::Failed(e) => (Attempt::Broken, ErrorKind::Broken, e),
+            Tried::Failed(e) => {
+                let Some((a, kind, e)) = classify(e) else {
+                    return refuse(StatusCode::PAYLOAD_TOO_LARGE, "berth-lb: request body too large");
                 };
                 tracing::debug!(target = %target.addr, error = %e, "attempt failed");
                 target.counters.error(kind);
@@ -434,7 +494,7 @@ async fn forward(
                     break;
                 }
             }
-            Err(_) => {
+            Tried::TimedOut => {
                 target.counters.error(ErrorKind::Timeout);
                 target.record(Outcome::Failure, now, cfg);
                 last = (
@@ -445,6 +505,14 @@ async fn forward(
                 if !(can_retry(Attempt::TimedOut) && spend()) {
                     break;
                 }
+            }
+            Tried::BodyGone => break,
+            Tried::BadTarget => {
+                return finish_err(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::Broken,
+                    "berth-lb: bad request target",
+                );
             }
         }
     }
