@@ -28,7 +28,8 @@ def berth_binary() -> Path:
     override = os.environ.get("BERTH_BIN")
     if override:
         return Path(override)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    # A relative CARGO_TARGET_DIR is relative to where cargo ran: the repository.
+    target = REPO / os.environ.get("CARGO_TARGET_DIR", "target")
     return target / "debug" / "berth"
 
 
