@@ -18,6 +18,8 @@ pub(crate) enum Expr {
     Const(bool),
     /// The host's index: `by_host[h]`.
     Host(Vec<bool>),
+    /// The number of tasks on the host (it changes as the batch places).
+    Tasks(Op),
     /// Some task on the host has a group with `by_group[g]`, xor `negate`.
     Group {
         by_group: Vec<bool>,
@@ -72,6 +74,33 @@ fn table(names: &Interner, op: &Op) -> Vec<bool> {
     names.names.iter().map(|v| compare(op, v)).collect()
 }
 
+fn bool_text(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+impl Ast {
+    /// Evaluates the expression on one instance, one record at a time (list
+    /// filters, "could this ever fit" checks): `value` gives a subject's
+    /// value on it (`None` when it has none) and `groups` the task groups
+    /// running on it. The engine compiles expressions against a whole
+    /// snapshot instead; both share the operators' meaning.
+    pub fn eval(&self, value: &dyn Fn(&Subject) -> Option<String>, groups: &[&str]) -> bool {
+        match self {
+            Ast::And(a, b) => a.eval(value, groups) && b.eval(value, groups),
+            Ast::Or(a, b) => a.eval(value, groups) || b.eval(value, groups),
+            Ast::Not(a) => !a.eval(value, groups),
+            Ast::Cmp(Subject::TaskGroup, op) => {
+                let (op, negate) = positive(op);
+                groups.iter().any(|g| compare(&op, g)) != negate
+            }
+            Ast::Cmp(subject, op) => match value(subject) {
+                Some(v) => compare(op, &v),
+                None => on_absent(op),
+            },
+        }
+    }
+}
+
 impl Expr {
     /// Compiles against `s`; every group the batch uses must be interned first.
     pub fn compile(ast: &Ast, s: &Snapshot) -> Expr {
@@ -87,7 +116,15 @@ impl Expr {
                 },
                 None => Expr::Const(on_absent(op)),
             },
-            Ast::Cmp(Subject::InstanceId, op) => Expr::Host(s.hosts.iter().map(|h| compare(op, &h.id)).collect()),
+            Ast::Cmp(Subject::InstanceId | Subject::Ec2InstanceId, op) => {
+                Expr::Host(s.hosts.iter().map(|h| compare(op, &h.id)).collect())
+            }
+            Ast::Cmp(Subject::AgentConnected, op) => {
+                Expr::Host(s.hosts.iter().map(|h| compare(op, bool_text(h.agent))).collect())
+            }
+            Ast::Cmp(Subject::RunningTasksCount, op) => Expr::Tasks(op.clone()),
+            // The engine has no agent versions or pending counts: absent.
+            Ast::Cmp(Subject::AgentVersion | Subject::PendingTasksCount, op) => Expr::Const(on_absent(op)),
             Ast::Cmp(Subject::TaskGroup, op) => {
                 let (op, negate) = positive(op);
                 Expr::Group {
@@ -106,6 +143,7 @@ impl Expr {
             },
             Expr::Const(b) => *b,
             Expr::Host(by_host) => by_host.get(h).copied().unwrap_or(false),
+            Expr::Tasks(op) => compare(op, &host.tasks.to_string()),
             Expr::Group { by_group, negate } => {
                 let any = host
                     .groups

@@ -5,11 +5,16 @@
 //! and     := unary (("and" | "&&") unary)*
 //! unary   := ("not" | "!") unary | "(" expr ")" | subject predicate
 //! subject := attribute:NAME | task:group | instanceId | ec2InstanceId
+//!          | agentConnected | agentVersion | runningTasksCount | pendingTasksCount
 //! predicate := (== | != | =~ | !~ | > | >= | < | <=) VALUE
 //!            | (in | not_in | "!" in) "[" VALUE ("," VALUE)* "]"
 //!            | exists | not_exists | "!" exists
 //! ```
 //! Values may hold `*` wildcards for `=~` / `!~`.
+//!
+//! This is the one parser of the language: `memberOf` constraints (compiled
+//! against a snapshot by `constraint`) and `ListContainerInstances`
+//! filters (evaluated on one record at a time by [`Ast::eval`]) both use it.
 
 use crate::SchedError;
 
@@ -20,8 +25,28 @@ pub enum Subject {
     Attribute(String),
     /// `task:group`: the groups of tasks running on the instance.
     TaskGroup,
-    /// `instanceId` / `ec2InstanceId`: the instance's id.
+    /// `instanceId`: the container instance's id.
     InstanceId,
+    /// `ec2InstanceId`: the host's id (the engine knows hosts by one id, so
+    /// there it is the same as `instanceId`).
+    Ec2InstanceId,
+    /// `agentConnected`: `true` or `false`.
+    AgentConnected,
+    /// `runningTasksCount`: tasks on the instance.
+    RunningTasksCount,
+    /// `agentVersion`: a record-only subject (list filters); the engine
+    /// does not see agent versions.
+    AgentVersion,
+    /// `pendingTasksCount`: a record-only subject (list filters).
+    PendingTasksCount,
+}
+
+impl Subject {
+    /// Whether only records know it (the placement engine does not): such
+    /// subjects belong in list filters, not in `memberOf` constraints.
+    pub fn record_only(&self) -> bool {
+        matches!(self, Subject::AgentVersion | Subject::PendingTasksCount)
+    }
 }
 
 /// A predicate on a subject.
@@ -55,9 +80,24 @@ impl Ast {
     /// can be evaluated once per instance instead of once per placement.
     pub fn is_static(&self) -> bool {
         match self {
-            Ast::Cmp(s, _) => *s != Subject::TaskGroup,
+            Ast::Cmp(s, _) => !matches!(s, Subject::TaskGroup | Subject::RunningTasksCount),
             Ast::And(a, b) | Ast::Or(a, b) => a.is_static() && b.is_static(),
             Ast::Not(a) => a.is_static(),
+        }
+    }
+}
+
+impl Ast {
+    /// Every subject the expression reads, in order.
+    pub fn subjects(&self) -> Vec<&Subject> {
+        match self {
+            Ast::Cmp(s, _) => vec![s],
+            Ast::And(a, b) | Ast::Or(a, b) => {
+                let mut v = a.subjects();
+                v.extend(b.subjects());
+                v
+            }
+            Ast::Not(a) => a.subjects(),
         }
     }
 }
@@ -223,13 +263,12 @@ fn parse_unary<'a>(lx: &mut Lexer<'a>) -> Result<Ast, SchedError> {
             let op = parse_predicate(lx)?;
             Ok(Ast::Cmp(subject, op))
         }
-        t => Err(err(
-            pos,
-            "'attribute:NAME', 'task:group', 'instanceId', 'not' or '('",
-            &t,
-        )),
+        t => Err(err(pos, SUBJECT, &t)),
     }
 }
+
+const SUBJECT: &str = "'attribute:NAME', 'task:group', 'instanceId', 'ec2InstanceId', 'agentConnected', \
+'agentVersion', 'runningTasksCount', 'pendingTasksCount', 'not' or '('";
 
 fn parse_subject(pos: usize, w: &str) -> Result<Subject, SchedError> {
     if let Some(name) = w.strip_prefix("attribute:") {
@@ -244,12 +283,13 @@ fn parse_subject(pos: usize, w: &str) -> Result<Subject, SchedError> {
     }
     match w {
         "task:group" => Ok(Subject::TaskGroup),
-        "instanceId" | "ec2InstanceId" => Ok(Subject::InstanceId),
-        _ => Err(err(
-            pos,
-            "'attribute:NAME', 'task:group', 'instanceId', 'not' or '('",
-            &Tok::Word(w),
-        )),
+        "instanceId" => Ok(Subject::InstanceId),
+        "ec2InstanceId" => Ok(Subject::Ec2InstanceId),
+        "agentConnected" => Ok(Subject::AgentConnected),
+        "agentVersion" => Ok(Subject::AgentVersion),
+        "runningTasksCount" => Ok(Subject::RunningTasksCount),
+        "pendingTasksCount" => Ok(Subject::PendingTasksCount),
+        _ => Err(err(pos, SUBJECT, &Tok::Word(w))),
     }
 }
 
@@ -366,6 +406,26 @@ mod tests {
         );
         assert!(e.is_static());
         assert!(!parse("task:group == x or attribute:a exists").unwrap().is_static());
+    }
+
+    #[test]
+    fn parses_the_list_filter_subjects() {
+        let e = parse("agentConnected == true and runningTasksCount > 2 or ec2InstanceId == i-1").unwrap();
+        let subjects: Vec<&Subject> = e.subjects();
+        assert_eq!(
+            subjects,
+            [
+                &Subject::AgentConnected,
+                &Subject::RunningTasksCount,
+                &Subject::Ec2InstanceId
+            ]
+        );
+        assert!(!e.is_static(), "the running count changes as tasks are placed");
+        let e = parse("agentVersion exists and pendingTasksCount == 0").unwrap();
+        assert!(e.subjects().iter().all(|s| s.record_only()));
+        assert!(!Subject::InstanceId.record_only());
+        let e = parse("registeredAt > 5").unwrap_err();
+        assert!(e.to_string().contains("'agentConnected'"), "{e}");
     }
 
     #[test]

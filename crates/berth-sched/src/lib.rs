@@ -72,6 +72,7 @@ mod workload;
 
 pub use error::SchedError;
 pub use expr::{Ast, Op, Subject, parse as parse_expression};
+pub use model::instance_subject;
 pub use state::Snapshot;
 pub use types::{
     BinpackField, Constraint, EniSlot, Guarantee, Instance, PlaceOptions, Placement, Plan, Reason, Scalars, Strategy,

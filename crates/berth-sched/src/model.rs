@@ -1,11 +1,13 @@
-//! Conversions from `berth-model` records: instances with their running
-//! tasks, and task definitions as demand.
+//! Conversions between `berth-model` records and the engine: instances
+//! with their running tasks, task definitions as demand, placements as
+//! network bindings, and query-language subjects read off an instance record.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_model::{ContainerInstance, NetworkMode, Task, TaskDefinition, TaskStatus};
+use berth_model::{ContainerInstance, NetworkBinding, NetworkMode, Task, TaskDefinition, TaskStatus};
 
-use crate::{Constraint, EniSlot, Instance, Scalars, SchedError, Snapshot, Strategy, TaskRequest};
+use crate::expr::{Ast, Subject};
+use crate::{Constraint, EniSlot, Instance, Placement, Scalars, SchedError, Snapshot, Strategy, TaskRequest};
 
 fn scalars(r: &berth_model::Resources) -> Scalars {
     Scalars {
@@ -62,6 +64,78 @@ impl Instance {
             enis,
             groups,
         }
+    }
+}
+
+impl Instance {
+    /// The engine's view of one instance as its record says: what the record
+    /// says is left (the record every placement compares and updates) plus
+    /// the task groups running on it, for spread, `distinctInstance` and
+    /// `task:group`.
+    pub fn from_record<'a>(ci: &ContainerInstance, tasks: impl IntoIterator<Item = &'a Task>) -> Instance {
+        let mut inst = Instance::from_model(ci, tasks);
+        inst.remaining = scalars(&ci.remaining);
+        inst.used_ports = ci.remaining.ports.clone();
+        for (slot, eni) in inst.enis.iter_mut().zip(&ci.remaining.enis) {
+            slot.free_ips = eni.ips;
+            slot.security_groups.clone_from(&eni.security_groups);
+        }
+        inst
+    }
+}
+
+/// A query-language subject's value on a container instance record, or
+/// `None` when it has none (`task:group` is multi-valued: see [`Ast::eval`]).
+pub fn instance_subject(ci: &ContainerInstance, subject: &Subject) -> Option<String> {
+    match subject {
+        Subject::Attribute(name) => ci.attributes.get(name).cloned(),
+        Subject::InstanceId => Some(ci.id.clone()),
+        Subject::Ec2InstanceId => Some(ci.ec2_instance_id.clone()),
+        Subject::AgentConnected => Some(ci.agent_connected.to_string()),
+        Subject::AgentVersion => Some(ci.version_info.agent_version.clone()).filter(|v| !v.is_empty()),
+        Subject::RunningTasksCount => Some(ci.running_tasks_count.to_string()),
+        Subject::PendingTasksCount => Some(ci.pending_tasks_count.to_string()),
+        Subject::TaskGroup => None,
+    }
+}
+
+impl Ast {
+    /// Whether a container instance record (with the task groups running on
+    /// it) satisfies the expression.
+    pub fn matches_instance(&self, ci: &ContainerInstance, groups: &[&str]) -> bool {
+        self.eval(&|s| instance_subject(ci, s), groups)
+    }
+}
+
+impl Placement {
+    /// The host ports this placement gives each container of `td`, as
+    /// network bindings (one list per container, in order): static host
+    /// ports as written, dynamic ones in the order the engine picked them,
+    /// container ports in `host` mode; none in `awsvpc` mode.
+    pub fn network_bindings(&self, td: &TaskDefinition) -> Vec<Vec<NetworkBinding>> {
+        let mut dynamic = self.dynamic_ports.iter();
+        td.container_definitions
+            .iter()
+            .map(|cd| {
+                cd.port_mappings
+                    .iter()
+                    .filter_map(|pm| {
+                        let host_port = match (pm.host_port.filter(|h| *h != 0), td.network_mode) {
+                            (_, NetworkMode::Awsvpc | NetworkMode::None) => return None,
+                            (Some(h), _) => h,
+                            (None, NetworkMode::Host) => pm.container_port,
+                            (None, NetworkMode::Bridge) => dynamic.next()?.1,
+                        };
+                        Some(NetworkBinding {
+                            bind_ip: "0.0.0.0".into(),
+                            container_port: pm.container_port,
+                            host_port,
+                            protocol: pm.protocol,
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -154,6 +228,81 @@ mod tests {
         let mut bad = td();
         bad.placement_constraints[0].kind = "sameHost".into();
         assert!(TaskRequest::from_task_definition("t", &bad, "g", &[]).is_err());
+    }
+
+    fn instance() -> ContainerInstance {
+        serde_json::from_value(serde_json::json!({
+            "id": "ci-1", "cluster": "default", "ec2InstanceId": "i-0abc", "status": "ACTIVE",
+            "agentConnected": true, "registered": Resources::new(1024, 1024), "remaining": Resources::new(512, 1024),
+            "portRange": [32768, 61000], "registeredAt": 0.0, "runningTasksCount": 3,
+            "attributes": {"ecs.instance-type": "t2.micro", "zone": "a"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn expressions_evaluate_on_an_instance_record() {
+        let ci = instance();
+        let t = |q: &str| {
+            crate::parse_expression(q)
+                .unwrap()
+                .matches_instance(&ci, &["service:web"])
+        };
+        assert!(t("attribute:ecs.instance-type == t2.micro"));
+        assert!(t("attribute:ecs.instance-type =~ t2.*"));
+        assert!(
+            !t("attribute:ecs.instance-type == t2.*"),
+            "== is exact; =~ takes wildcards"
+        );
+        assert!(t("attribute:zone in [a, b] and runningTasksCount > 2"));
+        assert!(!t("attribute:zone not_in [a]"));
+        assert!(t("not(attribute:zone == b)"));
+        assert!(!t("not(attribute:zone == a)"));
+        assert!(t("attribute:missing exists or ec2InstanceId == i-0abc"));
+        assert!(t("instanceId == ci-1 and agentConnected == true"));
+        assert!(!t("attribute:missing exists || agentConnected == false"));
+        assert!(t("attribute:missing !exists and pendingTasksCount == 0"));
+        assert!(t("task:group == service:web"));
+        assert!(t("task:group != service:db"));
+        assert!(!t("agentVersion exists"), "an agent that reported no version has none");
+    }
+
+    #[test]
+    fn placements_become_network_bindings() {
+        let td = td();
+        let p = Placement {
+            task_id: "t".into(),
+            task_index: 0,
+            instance_id: "ci-1".into(),
+            instance_index: 0,
+            dynamic_ports: vec![(Protocol::Tcp, 32800), (Protocol::Udp, 32801)],
+            eni: None,
+        };
+        let b = p.network_bindings(&td);
+        let ports: Vec<(u16, u16, Protocol)> = b[0]
+            .iter()
+            .map(|b| (b.container_port, b.host_port, b.protocol))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (8080, 80, Protocol::Tcp),
+                (9090, 32800, Protocol::Tcp),
+                (53, 32801, Protocol::Udp)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_view_keeps_what_the_record_says_is_left() {
+        let ci = instance();
+        let i = Instance::from_record(&ci, []);
+        assert_eq!(
+            i.remaining,
+            Scalars::new(512, 1024),
+            "the record, not registered minus tasks"
+        );
+        assert_eq!(i.total, Scalars::new(1024, 1024));
     }
 
     #[test]

@@ -15,8 +15,6 @@
 //!   definitions, tasks, services, attributes, tags).
 //! - records (keys, codec, compare-and-swap, clock and ids) come from
 //!   `berth-records`.
-//! - `query`: the subset of the ECS cluster query language used by filters
-//!   and `memberOf` constraints.
 //! - `events`: the server-sent-events stream of a cluster's changes.
 //! - [`bench`]: the HTTP load generator behind `berth server bench`.
 
@@ -30,12 +28,10 @@ mod error;
 mod events;
 mod guard;
 mod ops;
-mod query;
 mod server;
 
 pub use auth::{AccessKey, Auth, Credentials};
 pub use error::{ApiError, ServerError};
 pub use guard::authenticated;
 pub use ops::OPERATIONS;
-pub use query::Query;
 pub use server::{ServerConfig, TARGET_PREFIX, no_delay, router, run};

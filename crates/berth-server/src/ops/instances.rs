@@ -18,7 +18,6 @@ use super::failure;
 use crate::api::{Api, check_tags, id_and_cluster, input, max_results, tags_json, to_json};
 use crate::error::ApiError;
 use crate::keys;
-use crate::query::Query;
 
 /// The dynamic host-port range handed to tasks (the Linux ephemeral range ECS
 /// uses; the same as `berth agent`'s default).
@@ -390,7 +389,7 @@ pub(crate) async fn list(api: &Api, body: &Value) -> Result<Value, ApiError> {
     let req: ListInput = input(body)?;
     let max = max_results(req.max_results, 100, 100)?;
     let query = match &req.filter {
-        Some(f) => Some(Query::parse(f).map_err(|e| ApiError::invalid("filter", e))?),
+        Some(f) => Some(berth_sched::parse_expression(f).map_err(|e| ApiError::invalid("filter", e))?),
         None => None,
     };
     let status = match req.status.as_deref() {
@@ -413,7 +412,8 @@ pub(crate) async fn list(api: &Api, body: &Value) -> Result<Value, ApiError> {
             let Ok(ci) = serde_json::from_slice::<ContainerInstance>(&kv.value) else {
                 return false;
             };
-            status.is_none_or(|s| ci.status == s) && query.as_ref().is_none_or(|q| q.matches(&ci))
+            // `task:group` filters would need the instance's tasks: none match.
+            status.is_none_or(|s| ci.status == s) && query.as_ref().is_none_or(|q| q.matches_instance(&ci, &[]))
         })
         .await?;
     let arns: Vec<String> = page

@@ -1,16 +1,15 @@
 //! RunTask (tasks wait in PROVISIONING for the launcher) and StartTask (the
-//! caller picks the instances; resources are reserved in the same
-//! transaction, compared on each instance's revision, so parallel callers
-//! never over-commit an instance).
-
-use std::collections::BTreeSet;
+//! caller picks the instances; the placement engine places on each one
+//! alone, and resources are reserved in the same transaction, compared on
+//! each instance's revision, so parallel callers never over-commit an
+//! instance). Fit checks, constraints and host ports are the engine's.
 
 use berth_model::{
-    ContainerInstance, InstanceStatus, NetworkBinding, NetworkConfiguration, NetworkMode, PlacementConstraint,
-    PlacementStrategy, Protocol, ResourceKind, ResourceType, Resources, Tag, Task, TaskDefinition, TaskOverride,
-    Validate,
+    ContainerInstance, Eni, InstanceStatus, NetworkBinding, NetworkConfiguration, NetworkMode, PlacementConstraint,
+    PlacementStrategy, ResourceType, Resources, Tag, Task, TaskDefinition, TaskOverride, Validate,
 };
 use berth_records::{Attempt, Stored, encode};
+use berth_sched::{Constraint, Instance, PlaceOptions, Plan, Snapshot, Subject, TaskRequest, Unplaced};
 use berth_store::{CmpOp, Compare, Op, RangeRequest, TxnRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -21,7 +20,6 @@ use super::{failure, taskdefs};
 use crate::api::{Api, check_tags, decode, id_and_cluster, input, to_json};
 use crate::error::ApiError;
 use crate::keys;
-use crate::query::Query;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -197,52 +195,113 @@ fn create_ops(txn: TxnRequest, t: &Task, extras: &Map<String, Value>, tags: &[Ta
     Ok(txn)
 }
 
-/// The first resource `have` lacks for `want`. (Our own check: the model's
-/// `Resources::check_fits` overflows in debug builds when `have > want`.)
-fn shortfall(have: &Resources, want: &Resources) -> Option<ResourceKind> {
-    if have.cpu < want.cpu {
-        Some(ResourceKind::Cpu)
-    } else if have.memory_mib < want.memory_mib {
-        Some(ResourceKind::Memory)
-    } else if have.network_mbps < want.network_mbps {
-        Some(ResourceKind::Network)
-    } else if have.gpus < want.gpus {
-        Some(ResourceKind::Gpu)
-    } else if have.ports.overlap(&want.ports) > 0 {
-        Some(ResourceKind::Ports)
-    } else {
-        None
+/// The security groups of the task's `awsvpcConfiguration`, if any.
+fn security_groups(nc: Option<&NetworkConfiguration>) -> Vec<String> {
+    nc.map(NetworkConfiguration::security_groups).unwrap_or_default()
+}
+
+/// The engine's request for one task of `p`. `only_static` leaves out the
+/// `memberOf` expressions that read running tasks (`task:group`, counts):
+/// they say nothing about whether an instance could *ever* run the task.
+fn sched_request(p: &Prepared, only_static: bool) -> Result<TaskRequest, ApiError> {
+    let sgs = security_groups(p.network_configuration.as_ref());
+    let mut r = TaskRequest::from_task_definition("request", &p.effective, p.group.clone(), &sgs)
+        .map_err(|e| ApiError::invalid("taskDefinition", e))?;
+    r.tier = p.tier;
+    r.constraints.clear();
+    for (i, c) in p.constraints.iter().enumerate() {
+        let dynamic = c.kind == "memberOf"
+            && c.expression
+                .as_deref()
+                .and_then(|e| berth_sched::parse_expression(e).ok())
+                .is_some_and(|ast| !ast.is_static());
+        if only_static && dynamic {
+            continue;
+        }
+        let constraint = Constraint::from_ecs(&c.kind, c.expression.as_deref())
+            .map_err(|e| ApiError::invalid(&format!("placementConstraints[{i}]"), e))?;
+        r.constraints.push(constraint);
+    }
+    Ok(r)
+}
+
+/// The ECS reason the engine gives for a task it did not place on a
+/// one-instance snapshot.
+fn reason_of(plan: &Plan) -> String {
+    match plan.unplaced.first() {
+        Some(Unplaced { error: Some(e), .. }) => format!("INVALID: {e}"),
+        Some(u) => u
+            .reasons
+            .first()
+            .map_or_else(|| "RESOURCE".to_string(), |(r, _)| r.to_string()),
+        None => "RESOURCE".to_string(),
     }
 }
 
-/// Takes `want` out of `have`, or names what is short; on error nothing changes.
-fn reserve(have: &mut Resources, want: &Resources) -> Result<(), ResourceKind> {
-    if let Some(k) = shortfall(have, want) {
-        return Err(k);
+/// Why each instance could never run a task of `p`, judged by the engine
+/// on its registered capacity as if it were empty (a DRAINING instance may
+/// come back, so it counts as ACTIVE); empty when some instance could.
+fn never_fits(instances: &[ContainerInstance], p: &Prepared) -> Result<Vec<(String, String)>, ApiError> {
+    let req = [sched_request(p, true)?];
+    let empty = |ci: &ContainerInstance| {
+        let mut i = Instance::from_model(ci, std::iter::empty::<&Task>());
+        i.status = InstanceStatus::Active;
+        i
+    };
+    let mut all = Snapshot::new(instances.iter().map(empty).collect());
+    if !all.place(&req, &PlaceOptions::default()).placements.is_empty() {
+        return Ok(Vec::new());
     }
-    have.cpu -= want.cpu;
-    have.memory_mib -= want.memory_mib;
-    have.network_mbps -= want.network_mbps;
-    have.gpus -= want.gpus;
-    have.ports.tcp.extend(want.ports.tcp.iter().copied());
-    have.ports.udp.extend(want.ports.udp.iter().copied());
-    Ok(())
+    Ok(instances
+        .iter()
+        .map(|ci| {
+            let plan = Snapshot::new(vec![empty(ci)]).place(&req, &PlaceOptions::default());
+            (ci.id.clone(), reason_of(&plan))
+        })
+        .collect())
 }
 
-/// Why `ci` can never run the task (judged on its registered capacity), if so.
-fn never_fits(ci: &ContainerInstance, p: &Prepared) -> Option<String> {
-    if !ci.agent_connected {
-        return Some("AGENT".into());
+/// A task's demand with its host ports, and each container's bindings.
+type Placed = (Resources, Vec<Vec<NetworkBinding>>);
+
+/// One task of `p` placed on `ci` alone by the engine, from what the
+/// instance record says is left and the tasks running on it: the task's
+/// demand with its host ports (and ENI IP) and each container's bindings,
+/// or the ECS reason it does not fit there.
+fn place_on(p: &Prepared, ci: &ContainerInstance, tasks: &[Task]) -> Result<Result<Placed, String>, ApiError> {
+    let req = sched_request(p, false)?;
+    let mut snapshot = Snapshot::new(vec![Instance::from_record(ci, tasks)]);
+    let plan = snapshot.place(std::slice::from_ref(&req), &PlaceOptions::default());
+    let Some(placement) = plan.placements.first() else {
+        return Ok(Err(reason_of(&plan)));
+    };
+    let bindings = placement.network_bindings(&p.effective);
+    let mut demand = p.demand.clone();
+    for b in bindings.iter().flatten() {
+        demand.ports.insert(b.protocol, b.host_port);
     }
-    for c in &p.constraints {
-        if c.kind == "memberOf"
-            && let Some(q) = c.expression.as_deref().and_then(|e| Query::parse(e).ok())
-            && !q.matches(ci)
-        {
-            return Some("ATTRIBUTE".into());
+    if p.effective.network_mode == NetworkMode::Awsvpc {
+        // One IP on an ENI bound to the task's security groups.
+        demand.enis = vec![Eni {
+            security_groups: security_groups(p.network_configuration.as_ref()).into_iter().collect(),
+            ips: 1,
+        }];
+    }
+    Ok(Ok((demand, bindings)))
+}
+
+/// The tasks placed on instance `id` that still hold resources.
+async fn tasks_on(api: &Api, cluster: &str, id: &str) -> Result<Vec<Task>, ApiError> {
+    let prefix = keys::task_index_prefix(cluster, "RUNNING", "instance", id);
+    let index = api.store.range(RangeRequest::prefix(prefix.as_bytes())).await?;
+    let mut out = Vec::new();
+    for kv in &index.kvs {
+        let task_id = String::from_utf8_lossy(&kv.key[prefix.len()..]).to_string();
+        if let Some(t) = api.get::<Task>(&keys::task(cluster, &task_id)).await? {
+            out.push(t.value);
         }
     }
-    shortfall(&ci.registered, &p.demand).map(|k| k.ecs_reason().to_string())
+    Ok(out)
 }
 
 fn request_hash(body: &Value) -> String {
@@ -281,24 +340,30 @@ pub(crate) async fn run_task(api: &Api, body: &Value) -> Result<Value, ApiError>
             return Ok(Attempt::Done(done));
         }
         // Can any registered instance ever run it?
-        let instances = api.store.range(RangeRequest::prefix(keys::instances(&cname))).await?;
-        let mut failures = Vec::new();
-        let mut feasible = false;
-        for kv in &instances.kvs {
+        let kvs = api
+            .store
+            .range(RangeRequest::prefix(keys::instances(&cname)))
+            .await?
+            .kvs;
+        let mut instances = Vec::new();
+        for kv in &kvs {
             let ci = decode::<ContainerInstance>(kv)?.value;
             // A draining instance may come back; only deregistered ones are gone.
-            if ci.status == InstanceStatus::Inactive {
-                continue;
-            }
-            match never_fits(&ci, p) {
-                None => feasible = true,
-                Some(reason) => failures.push(failure(
-                    &api.arn(ResourceType::ContainerInstance, format!("{cname}/{}", ci.id)),
-                    &reason,
-                )),
+            if ci.status != InstanceStatus::Inactive {
+                instances.push(ci);
             }
         }
-        if !feasible {
+        let refusals = never_fits(&instances, p)?;
+        if instances.is_empty() || !refusals.is_empty() {
+            let mut failures: Vec<Value> = refusals
+                .iter()
+                .map(|(id, reason)| {
+                    failure(
+                        &api.arn(ResourceType::ContainerInstance, format!("{cname}/{id}")),
+                        reason,
+                    )
+                })
+                .collect();
             if failures.is_empty() {
                 failures.push(failure(&api.cluster_arn(&cname), "MISSING"));
             }
@@ -350,51 +415,6 @@ async fn replay(api: &Api, cluster: &str, key: &str, hash: &str) -> Result<Optio
         }
     }
     Ok(Some(json!({"tasks": out, "failures": []})))
-}
-
-/// Host ports for the task on `ci`: static ones from the definition, dynamic
-/// ones from the instance's range. Returns the demand with every host port
-/// and the bindings per container, or the ECS reason it does not fit.
-fn plan_ports(
-    td: &TaskDefinition,
-    base: &Resources,
-    ci: &ContainerInstance,
-) -> Result<(Resources, Vec<Vec<NetworkBinding>>), String> {
-    let mut demand = base.clone();
-    let mut bindings = Vec::new();
-    let mut taken: BTreeSet<(Protocol, u16)> = BTreeSet::new();
-    for c in &td.container_definitions {
-        let mut b = Vec::new();
-        for pm in &c.port_mappings {
-            let host = match (td.network_mode, pm.host_port.filter(|p| *p != 0)) {
-                (NetworkMode::Awsvpc | NetworkMode::None, _) => continue,
-                (NetworkMode::Host, None) => pm.container_port,
-                (_, Some(p)) => p,
-                (NetworkMode::Bridge, None) => {
-                    let (lo, hi) = ci.port_range;
-                    let free = (lo..=hi).find(|p| {
-                        !ci.remaining.ports.contains(pm.protocol, *p)
-                            && !demand.ports.contains(pm.protocol, *p)
-                            && !taken.contains(&(pm.protocol, *p))
-                    });
-                    match free {
-                        Some(p) => p,
-                        None => return Err("RESOURCE:PORTS".into()),
-                    }
-                }
-            };
-            taken.insert((pm.protocol, host));
-            demand.ports.insert(pm.protocol, host);
-            b.push(NetworkBinding {
-                bind_ip: "0.0.0.0".into(),
-                container_port: pm.container_port,
-                host_port: host,
-                protocol: pm.protocol,
-            });
-        }
-        bindings.push(b);
-    }
-    Ok((demand, bindings))
 }
 
 pub(crate) async fn start_task(api: &Api, body: &Value) -> Result<Value, ApiError> {
@@ -453,19 +473,17 @@ pub(crate) async fn start_task(api: &Api, body: &Value) -> Result<Value, ApiErro
                 ));
                 continue;
             }
-            if let Some(reason) = never_fits(&ci, p).filter(|r| !r.starts_with("RESOURCE:")) {
-                failures.push(failure(&arn, &reason));
-                continue;
-            }
-            let (demand, bindings) = match plan_ports(&p.effective, &p.demand, &ci) {
+            let running = tasks_on(api, &cname, id).await?;
+            let (demand, bindings) = match place_on(p, &ci, &running)? {
                 Ok(x) => x,
                 Err(reason) => {
                     failures.push(failure(&arn, &reason));
                     continue;
                 }
             };
-            if let Err(kind) = reserve(&mut ci.remaining, &demand) {
-                failures.push(failure(&arn, kind.ecs_reason()));
+            if let Err(short) = ci.remaining.checked_sub_assign(&demand) {
+                // The engine planned from this very record.
+                failures.push(failure(&arn, short.kind.ecs_reason()));
                 continue;
             }
             ci.pending_tasks_count += 1;
@@ -532,11 +550,16 @@ fn check_network_configuration(nc: Option<&Value>, mode: NetworkMode) -> Result<
 /// expected, instead of a task that stays pending.
 pub(crate) fn check_expressions(list: &[PlacementConstraint], at: &str) -> Result<(), ApiError> {
     for (i, c) in list.iter().enumerate() {
-        if c.kind == "memberOf"
-            && let Some(e) = c.expression.as_deref()
-            && let Err(err) = berth_sched::parse_expression(e)
-        {
-            return Err(ApiError::invalid(&format!("{at}[{i}].expression"), err));
+        let Some(e) = c.expression.as_deref().filter(|_| c.kind == "memberOf") else {
+            continue;
+        };
+        let field = format!("{at}[{i}].expression");
+        let ast = berth_sched::parse_expression(e).map_err(|err| ApiError::invalid(&field, err))?;
+        if ast.subjects().into_iter().any(Subject::record_only) {
+            return Err(ApiError::invalid(
+                &field,
+                "agentVersion and pendingTasksCount are for ListContainerInstances filters; placement does not know them",
+            ));
         }
     }
     Ok(())
