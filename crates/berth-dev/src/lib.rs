@@ -162,7 +162,7 @@ impl DevCluster {
     /// Starts the cluster with discovery DNS as `dns` says.
     pub async fn start_with_dns(cfg: DevConfig, dns: DevDns) -> Result<DevCluster, DevError> {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| DevError::Io(format!("{}: {e}", cfg.data_dir.display())))?;
-        let store: DynStore = Arc::new(Journal::open(cfg.data_dir.join("berth.db"))?);
+        let store: DynStore = Arc::new(Journal::open(berth_store::data_file(&cfg.data_dir))?);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| DevError::Io(format!("binding {}: {e}", cfg.listen)))?;

@@ -21,12 +21,14 @@
 //! - `journal`: the redb-backed engine shared by the memory and embedded
 //!   backends (single writer thread, group commit, MVCC history, log).
 //! - `watch`: the replay-then-live watch stream shared by those backends.
+//! - `files`: the embedded file's name inside a data directory.
 //! - `etcd`: the etcd backend.
 //! - `conformance`: the suite every backend must pass.
 
 pub mod bench;
 mod codec;
 pub mod conformance;
+mod files;
 mod journal;
 pub mod testing;
 mod types;
@@ -40,6 +42,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+pub use files::{DATA_FILE, OLD_DATA_FILE, data_file};
 pub use journal::{EmbeddedStore, Journal, MemoryStore};
 pub use types::{
     CmpOp, CmpTarget, Compare, Event, EventKind, KeyValue, LeaseId, Op, OpResponse, RangeRequest, RangeResponse,

@@ -101,7 +101,7 @@ async fn open_store(kind: StoreKind, data_dir: &std::path::Path, etcd: &[String]
     Ok(match kind {
         StoreKind::Memory => Arc::new(berth_store::MemoryStore::new()),
         StoreKind::Embedded => {
-            let path = data_dir.join("berth.redb");
+            let path = super::store::store_file(data_dir);
             Arc::new(berth_store::EmbeddedStore::open(&path).with_context(|| format!("opening {}", path.display()))?)
         }
         StoreKind::Etcd => open_etcd(etcd).await?,

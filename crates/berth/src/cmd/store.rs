@@ -29,9 +29,10 @@ pub struct StoreArgs {
     pub etcd_endpoints: Vec<String>,
 }
 
-/// The embedded store's file inside a data directory.
+/// The embedded store's file inside a data directory (the same one
+/// `berth server` and `berth dev` use).
 pub fn store_file(data_dir: &std::path::Path) -> PathBuf {
-    data_dir.join("berth.db")
+    berth_store::data_file(data_dir)
 }
 
 impl StoreArgs {
