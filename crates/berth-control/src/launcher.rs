@@ -213,6 +213,7 @@ impl Launcher {
         Ok(report)
     }
 
+    #[tracing::instrument(name = "launcher_round", skip_all, fields(cluster = %cluster))]
     async fn round_cluster(&mut self, cluster: &str, view: &ClusterView) -> Result<RoundReport, ControlError> {
         let mut report = RoundReport::default();
         let mut queued: Vec<&Stored<Task>> = Vec::new();
@@ -287,6 +288,7 @@ impl Launcher {
 
     /// One transaction: the instance loses the tasks' resources, the tasks
     /// get the instance and their host ports, the queue entries go.
+    #[tracing::instrument(skip_all, fields(cluster = %cluster, instance = %ci.value.id))]
     async fn commit_instance(
         &mut self,
         cluster: &str,
@@ -370,6 +372,7 @@ impl Launcher {
         Ok(self.store.txn(txn).await?.succeeded)
     }
 
+    #[tracing::instrument(skip_all, fields(cluster = %cluster, task = %t.value.id))]
     async fn note_reasons(&self, cluster: &str, t: &Stored<Task>, reasons: Vec<String>) -> Result<(), ControlError> {
         if t.value.pending_reasons == reasons {
             return Ok(());

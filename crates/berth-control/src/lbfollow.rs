@@ -17,8 +17,7 @@ use berth_lb::{Algorithm, Config, HealthCheck, Lb, ListenerConfig, Rule, TargetG
 use berth_model::Timestamp;
 use berth_model::{LbAlgorithm, LoadBalancerDef, TargetGroup, TargetHealthRecord, TargetRecord};
 use berth_records::{Env, keys};
-use berth_store::{CmpOp, Compare, DynStore, Op, RangeRequest, StoreError, TxnRequest};
-use futures::StreamExt;
+use berth_store::{CmpOp, Compare, DynStore, Op, RangeRequest, Revision, TxnRequest, WatchBatch};
 use tokio::sync::watch;
 
 use crate::ControlError;
@@ -247,63 +246,117 @@ impl LbFollower {
         self
     }
 
-    /// Runs until `shutdown` completes.
+    /// Runs until `shutdown` completes: the records layer's `follow` loop
+    /// over `/lb/`, which applies every change to the data plane, and a
+    /// report of the data plane's view every 200 ms.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ControlError> {
-        tokio::pin!(shutdown);
         let (tx, rx) = watch::channel(Config::default());
         let lb = self.lb.clone();
         let runner = tokio::spawn(async move { lb.run(rx, 1).await });
-        let mut last = Report::default();
-        let result = 'outer: loop {
-            let resp = self.store.range(RangeRequest::prefix(keys::LB.as_bytes())).await?;
-            let mut kvs: BTreeMap<Vec<u8>, Vec<u8>> = resp
-                .kvs
-                .into_iter()
-                .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
-                .collect();
-            let mut watch = self.store.watch(keys::LB.as_bytes(), resp.revision + 1).await?;
-            let mut records = LbRecords::from_kvs(kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
-            tx.send_replace(records.config(self.bind_ip));
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tokio::select! {
-                    _ = &mut shutdown => break 'outer Ok(()),
-                    _ = tick.tick() => {
-                        let r = report(&self.lb, &records);
-                        if r != last {
-                            write_report(&self.store, &last, &r, self.env.now()).await?;
-                            last = r;
-                        }
-                    }
-                    b = watch.next() => match b {
-                        Some(Ok(b)) => {
-                            let mut relevant = false;
-                            for e in &b.events {
-                                let k = e.kv.key.to_vec();
-                                if k.starts_with(keys::TARGET_HEALTH.as_bytes()) || k.starts_with(keys::LB_BOUND.as_bytes()) {
-                                    continue;
-                                }
-                                relevant = true;
-                                match e.kind {
-                                    berth_store::EventKind::Put => { kvs.insert(k, e.kv.value.to_vec()); }
-                                    berth_store::EventKind::Delete => { kvs.remove(&k); }
-                                }
-                            }
-                            if relevant {
-                                records = LbRecords::from_kvs(kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
-                                tx.send_replace(records.config(self.bind_ip));
-                                // Re-report everything against the new records.
-                                last = Report::default();
-                            }
-                        }
-                        Some(Err(StoreError::Compacted { .. })) | None => continue 'outer,
-                        Some(Err(e)) => break 'outer Err(e.into()),
-                    }
-                }
-            }
-        };
-        drop(tx);
+        let store = self.store.clone();
+        let clock = self.env.clock.clone();
+        let result = berth_records::follow(
+            store,
+            clock,
+            Following {
+                follower: self,
+                tx,
+                last: Report::default(),
+            },
+            shutdown,
+        )
+        .await;
         let _ = runner.await;
         result
+    }
+}
+
+/// How often the data plane's view is reported.
+const REPORT_EVERY: f64 = 0.2;
+
+/// The `/lb/` records as stored, and whether the data plane has them yet.
+struct LbKvs {
+    kvs: BTreeMap<Vec<u8>, Vec<u8>>,
+    records: LbRecords,
+    applied: bool,
+}
+
+/// The follower's state across reloads (the data plane outlives them).
+struct Following {
+    follower: LbFollower,
+    tx: watch::Sender<Config>,
+    last: Report,
+}
+
+impl berth_records::Follower for Following {
+    type View = LbKvs;
+    type Error = ControlError;
+    const NAME: &'static str = "load balancer follower";
+
+    fn prefix(&self) -> &[u8] {
+        keys::LB.as_bytes()
+    }
+
+    async fn load_view(&mut self) -> Result<(LbKvs, Revision), ControlError> {
+        let resp = self
+            .follower
+            .store
+            .range(RangeRequest::prefix(keys::LB.as_bytes()))
+            .await?;
+        let kvs: BTreeMap<Vec<u8>, Vec<u8>> = resp
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+            .collect();
+        let records = LbRecords::from_kvs(kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        Ok((
+            LbKvs {
+                kvs,
+                records,
+                applied: false,
+            },
+            resp.revision,
+        ))
+    }
+
+    fn fold(&mut self, view: &mut LbKvs, b: &WatchBatch) -> bool {
+        let mut relevant = false;
+        for e in &b.events {
+            let k = e.kv.key.to_vec();
+            // What the data plane itself reports does not change its configuration.
+            if k.starts_with(keys::TARGET_HEALTH.as_bytes()) || k.starts_with(keys::LB_BOUND.as_bytes()) {
+                continue;
+            }
+            relevant = true;
+            match e.kind {
+                berth_store::EventKind::Put => {
+                    view.kvs.insert(k, e.kv.value.to_vec());
+                }
+                berth_store::EventKind::Delete => {
+                    view.kvs.remove(&k);
+                }
+            }
+        }
+        if relevant {
+            view.records = LbRecords::from_kvs(view.kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            view.applied = false;
+        }
+        relevant
+    }
+
+    async fn step(&mut self, view: &mut LbKvs) -> Result<Option<Timestamp>, ControlError> {
+        let f = &self.follower;
+        if !view.applied {
+            self.tx.send_replace(view.records.config(f.bind_ip));
+            // Re-report everything against the new records.
+            self.last = Report::default();
+            view.applied = true;
+        }
+        let r = report(&f.lb, &view.records);
+        if r != self.last {
+            write_report(&f.store, &self.last, &r, f.env.now()).await?;
+            self.last = r;
+        }
+        Ok(Some(f.env.now() + REPORT_EVERY))
     }
 }

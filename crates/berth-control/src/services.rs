@@ -140,6 +140,7 @@ impl Reconciler {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(name = "reconcile", skip_all, fields(cluster = %cluster, service = %name))]
     async fn reconcile_one(
         &mut self,
         cluster: &str,
@@ -255,6 +256,7 @@ impl Reconciler {
 
     /// Asks the target controller to deregister a task and stop it once its
     /// targets have drained.
+    #[tracing::instrument(skip_all, fields(cluster = %cluster, task = %t.value.id))]
     async fn mark_deregistration(&self, cluster: &str, t: &Stored<Task>, reason: &str) -> Result<(), ControlError> {
         if t.raw.contains_key(crate::targets::DEREGISTRATION) {
             return Ok(());
@@ -272,6 +274,7 @@ impl Reconciler {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(cluster = %cluster, task = %t.value.id))]
     async fn stop_task(&self, cluster: &str, t: &Stored<Task>, reason: &str) -> Result<(), ControlError> {
         let mut task = t.value.clone();
         let at = self.env.now();

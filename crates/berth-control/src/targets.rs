@@ -176,6 +176,7 @@ impl TargetController {
     }
 
     /// One pass; returns the earliest drain deadline to wake up for.
+    #[tracing::instrument(name = "targets_pass", skip_all)]
     pub async fn pass(&mut self, cache: &Cache, lb: &LbView) -> Result<Option<Timestamp>, ControlError> {
         let now = self.env.now();
         let mut wake: Option<Timestamp> = None;
@@ -311,6 +312,7 @@ impl TargetController {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(cluster = %cluster, task = %t.value.id))]
     async fn mark_deactivating(&self, cluster: &str, t: &Stored<Task>) -> Result<(), ControlError> {
         let mut task = t.value.clone();
         task.last_status = TaskStatus::Deactivating;
@@ -322,6 +324,7 @@ impl TargetController {
     }
 
     /// Stops a drained task and removes its targets, in one transaction.
+    #[tracing::instrument(skip_all, fields(cluster = %cluster, task = %t.value.id))]
     async fn stop_task(
         &self,
         cluster: &str,

@@ -7,9 +7,10 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use berth_model::TaskDefinition;
+use berth_model::Timestamp;
+use berth_records::SystemClock;
 use berth_records::{Cache, keys};
-use berth_store::{DynStore, StoreError};
-use futures::StreamExt;
+use berth_store::{DynStore, Revision, WatchBatch};
 use tokio::sync::watch;
 
 use crate::DnsError;
@@ -73,32 +74,15 @@ impl Discovery {
     }
 
     /// Follows `store` until `shutdown` completes: a consistent load, then
-    /// every change from the watch. A compacted watch reloads.
+    /// every change from the watch (the records layer's `follow` loop). A
+    /// compacted watch reloads.
     pub async fn follow(self, store: DynStore, shutdown: impl Future<Output = ()> + Send) -> Result<(), DnsError> {
-        tokio::pin!(shutdown);
-        let mut taskdefs: HashMap<String, TaskDefInfo> = HashMap::new();
-        loop {
-            let mut cache = Cache::load(store.as_ref()).await?;
-            let mut watch = store.watch(b"/", cache.revision + 1).await?;
-            self.rebuild(&store, &mut cache, &mut taskdefs).await?;
-            loop {
-                let batch = tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    b = watch.next() => b,
-                };
-                match batch {
-                    Some(Ok(b)) => {
-                        cache.apply(b.revision, &b.events);
-                        while let Some(Some(Ok(b))) = futures::FutureExt::now_or_never(watch.next()) {
-                            cache.apply(b.revision, &b.events);
-                        }
-                        self.rebuild(&store, &mut cache, &mut taskdefs).await?;
-                    }
-                    Some(Err(StoreError::Compacted { .. })) | None => break,
-                    Some(Err(e)) => return Err(e.into()),
-                }
-            }
-        }
+        let follower = Follower {
+            discovery: self,
+            store: store.clone(),
+            taskdefs: HashMap::new(),
+        };
+        berth_records::follow(store, Arc::new(SystemClock), follower, shutdown).await
     }
 
     async fn rebuild(
@@ -129,6 +113,36 @@ impl Discovery {
             services,
         });
         Ok(())
+    }
+}
+
+/// Discovery as a [`berth_records::Follower`]: every batch rebuilds the table.
+struct Follower {
+    discovery: Discovery,
+    store: DynStore,
+    taskdefs: HashMap<String, TaskDefInfo>,
+}
+
+impl berth_records::Follower for Follower {
+    type View = Cache;
+    type Error = DnsError;
+    const NAME: &'static str = "discovery";
+
+    async fn load_view(&mut self) -> Result<(Cache, Revision), DnsError> {
+        let cache = Cache::load(self.store.as_ref()).await?;
+        let revision = cache.revision;
+        Ok((cache, revision))
+    }
+
+    fn fold(&mut self, cache: &mut Cache, b: &WatchBatch) -> bool {
+        cache.apply(b.revision, &b.events);
+        // The revision the table reflects moves with every batch.
+        true
+    }
+
+    async fn step(&mut self, cache: &mut Cache) -> Result<Option<Timestamp>, DnsError> {
+        self.discovery.rebuild(&self.store, cache, &mut self.taskdefs).await?;
+        Ok(None)
     }
 }
 

@@ -15,6 +15,7 @@ use serde_json::Map;
 use crate::GatewayError;
 
 /// Creates or re-registers the agent's container instance; returns its id.
+#[tracing::instrument(skip_all, fields(cluster = %reg.cluster, agent = %reg.agent_id))]
 pub(crate) async fn register(store: &DynStore, env: &Env, reg: &Register) -> Result<String, GatewayError> {
     let cluster = reg.cluster.as_str();
     transact(
@@ -298,6 +299,7 @@ fn account(ci: &mut ContainerInstance, t: &Task, old: TaskStatus, new: TaskStatu
 }
 
 /// Records a state change the agent of `instance` reported.
+#[tracing::instrument(skip_all, fields(cluster = %cluster, instance = %instance, task = %change.task_arn))]
 pub(crate) async fn apply_state_change(
     store: &DynStore,
     env: &Env,
@@ -343,6 +345,7 @@ pub(crate) async fn apply_state_change(
 }
 
 /// Marks every task of a lost instance STOPPED and gives back its resources.
+#[tracing::instrument(skip_all, fields(cluster = %cluster, instance = %instance))]
 pub(crate) async fn stop_lost_tasks(
     store: &DynStore,
     env: &Env,

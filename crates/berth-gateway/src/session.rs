@@ -113,6 +113,7 @@ fn error(code: &str, message: &str) -> ServerMessage {
     })
 }
 
+#[tracing::instrument(name = "agent_session", skip_all, fields(cluster = %cluster, instance = %instance))]
 async fn serve(
     shared: &Arc<Shared>,
     tx: &mut futures::stream::SplitSink<WebSocket, Message>,

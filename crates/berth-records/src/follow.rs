@@ -12,6 +12,7 @@ use std::time::Duration;
 use berth_model::Timestamp;
 use berth_store::{DynStore, Revision, StoreError, WatchBatch};
 use futures::{FutureExt, StreamExt};
+use tracing::Instrument;
 
 use crate::RecordsError;
 use crate::clock::Clock;
@@ -55,10 +56,12 @@ pub async fn follow<F: Follower>(
             .await
             .map_err(RecordsError::from)?;
         let mut due = true;
+        let mut view_revision = revision;
         let mut wake: Option<tokio::time::Instant> = None;
         loop {
             if due {
-                wake = f.step(&mut view).await?.map(|at| {
+                let span = tracing::debug_span!("step", controller = F::NAME, revision = view_revision);
+                wake = f.step(&mut view).instrument(span).await?.map(|at| {
                     tokio::time::Instant::now() + Duration::from_secs_f64((at - clock.now()).clamp(0.0, 3600.0) + 0.01)
                 });
                 due = false;
@@ -77,8 +80,10 @@ pub async fn follow<F: Follower>(
             match batch {
                 Some(Ok(b)) => {
                     due |= f.fold(&mut view, &b);
+                    view_revision = b.revision;
                     while let Some(Some(Ok(b))) = watch.next().now_or_never() {
                         due |= f.fold(&mut view, &b);
+                        view_revision = b.revision;
                     }
                 }
                 Some(Err(StoreError::Compacted { .. })) | None => break,
