@@ -52,4 +52,25 @@ pub enum ControlError {
     Decode(String),
     #[error("cannot encode a record: {0}")]
     Encode(String),
+    /// A request to an extension route (the service plan) that names
+    /// something missing or malformed; `kind` is its ECS error type.
+    #[error("{message}")]
+    Request { kind: &'static str, message: String },
+}
+
+impl ControlError {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        ControlError::Request {
+            kind: "InvalidParameterException",
+            message: message.into(),
+        }
+    }
+
+    /// The ECS error type of an answer to a request.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ControlError::Request { kind, .. } => kind,
+            _ => "ServerException",
+        }
+    }
 }

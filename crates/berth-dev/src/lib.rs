@@ -61,6 +61,33 @@ pub struct DevConfig {
     pub agent_timeout: Duration,
 }
 
+/// Every HTTP route of a Berth server, as `berth server` and `berth dev`
+/// both serve them: the ECS API with the load balancer API and the event
+/// stream, the service plan and the discovery listing, all behind the
+/// server's one authentication-and-error layer; the agent stream (which
+/// authenticates agents by their join token) beside it.
+pub fn server_app(
+    store: DynStore,
+    config: ServerConfig,
+    gateway: berth_gateway::GatewayConfig,
+    discovery: &berth_dns::Discovery,
+) -> axum::Router {
+    let extensions = vec![
+        berth_server::Extension {
+            path: berth_control::PLAN_PATH,
+            operation: "PlanService",
+            router: berth_control::plan_router(store.clone()),
+        },
+        berth_server::Extension {
+            path: berth_dns::DISCOVERY_PATH,
+            operation: "DiscoverService",
+            router: berth_dns::router(discovery.clone()),
+        },
+    ];
+    let agents = berth_gateway::router(store.clone(), gateway);
+    berth_server::app(store, config, extensions, agents)
+}
+
 /// The discovery DNS server of a dev cluster (see `berth-dns`).
 #[derive(Debug, Clone)]
 pub struct DevDns {
@@ -198,22 +225,7 @@ impl DevCluster {
             ),
             None => None,
         };
-        let plan = berth_server::authenticated(
-            berth_control::plan_router(store.clone()),
-            config.auth.clone(),
-            config.default_region.clone(),
-            "PlanService",
-        );
-        let listing = berth_server::authenticated(
-            berth_dns::router(discovery.clone()),
-            config.auth.clone(),
-            config.default_region.clone(),
-            "DiscoverService",
-        );
-        let app = berth_server::router(store.clone(), config)
-            .merge(berth_gateway::router(store.clone(), gateway))
-            .merge(plan)
-            .merge(listing);
+        let app = server_app(store.clone(), config, gateway, &discovery);
         let mut rx = stop_rx.clone();
         let follower = discovery.follow(store.clone(), async move {
             let _ = rx.wait_for(|s| *s).await;

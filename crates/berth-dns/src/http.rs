@@ -1,7 +1,8 @@
 //! `GET /v1/discovery/{cluster}/{service}`: the DNS data as JSON, for
 //! clients that prefer HTTP (and for ports, which `A` records lack).
-//! The server puts it behind its authentication (operation name
-//! `DiscoverService`); this crate does not know about SigV4.
+//! The server puts it behind its authentication-and-error layer (operation
+//! name `DiscoverService`): this crate knows neither SigV4 nor the error
+//! body, it answers an error's status, `x-amzn-errortype` and message.
 
 use std::sync::Arc;
 
@@ -14,19 +15,14 @@ use serde_json::json;
 use crate::follow::Discovery;
 
 /// The route prefix.
-pub const DISCOVERY_PATH: &str = "/v1/discovery";
+pub const DISCOVERY_PATH: &str = "/v1/discovery/";
 
 struct HttpState {
     discovery: Discovery,
 }
 
-fn error(status: StatusCode, kind: &str, message: String) -> Response {
-    let body = json!({"__type": kind, "message": message}).to_string();
-    let mut r = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
-    if let Ok(v) = kind.parse() {
-        r.headers_mut().insert("x-amzn-errortype", v);
-    }
-    r
+fn error(status: StatusCode, kind: &'static str, message: String) -> Response {
+    (status, [("x-amzn-errortype", kind)], message).into_response()
 }
 
 /// The route, to merge beside the API.

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::extract::{Extension, Path, State};
 use axum::response::Response;
 use berth_model::{LoadBalancerDef, Service, ServiceStatus, TargetGroup, TargetHealthRecord, TargetRecord, Validate};
 use berth_store::{CmpOp, Compare, Op, RangeRequest, TxnRequest};
@@ -24,10 +23,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::{Api, decode, input, to_json};
-use crate::auth::sigv4::SignedRequest;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::keys;
-use crate::server::{Shared, error_response};
+use crate::layer::error_response;
+use crate::server::Shared;
 
 /// The path prefix of the operations.
 pub const ELB_PATH: &str = "/v1/elb/";
@@ -37,12 +37,11 @@ pub use berth_model::target_group_name;
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
     Path(op): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Response {
     let request_id = shared.config.env.new_id();
-    match serve(&shared, &op, &uri, &headers, &body).await {
+    match serve(&shared, &op, caller, &body).await {
         Ok(v) => {
             let mut r = axum::response::IntoResponse::into_response(v.to_string());
             r.headers_mut().insert(
@@ -55,18 +54,8 @@ pub(crate) async fn handle(
     }
 }
 
-async fn serve(shared: &Shared, op: &str, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
-    if body.len() > shared.config.max_body_bytes {
-        return Err(ApiError::Client("request body is too large".into()));
-    }
-    let signed = SignedRequest {
-        method: "POST",
-        path: uri.path(),
-        query: uri.query().unwrap_or(""),
-        headers,
-        body,
-    };
-    let caller = shared.config.auth.check(&signed, op, &shared.config.default_region)?;
+/// One operation; the layer has verified the caller and read the body.
+async fn serve(shared: &Shared, op: &str, caller: Caller, body: &Bytes) -> Result<Value, ApiError> {
     let input: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {

@@ -4,8 +4,8 @@
 //!
 //! Each event's `id` is the store revision that made the change; a client
 //! resumes with `Last-Event-ID` (or `?from=REV` to start at a revision), and
-//! gets every later change exactly once, in order. Requests are
-//! authenticated like API calls (operation name `StreamEvents`).
+//! gets every later change exactly once, in order. The server's layer
+//! authenticates requests like API calls (operation name `StreamEvents`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +19,6 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::sigv4::SignedRequest;
 use crate::error::ApiError;
 use crate::server::Shared;
 
@@ -53,22 +52,7 @@ pub(crate) async fn stream(
     Path(cluster): Path<String>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
-    uri: axum::http::Uri,
 ) -> Response {
-    let signed = SignedRequest {
-        method: "GET",
-        path: uri.path(),
-        query: uri.query().unwrap_or(""),
-        headers: &headers,
-        body: b"",
-    };
-    if let Err(e) = shared
-        .config
-        .auth
-        .check(&signed, "StreamEvents", &shared.config.default_region)
-    {
-        return crate::server::error_response(&e, "events");
-    }
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -77,7 +61,7 @@ pub(crate) async fn stream(
     let from = resume.or(q.from).unwrap_or(0);
     let watch = match shared.store.watch(b"/", from).await {
         Ok(w) => w,
-        Err(e) => return crate::server::error_response(&ApiError::from(e), "events"),
+        Err(e) => return crate::layer::error_response(&ApiError::from(e), &shared.config.env.new_id()),
     };
     let events = watch.flat_map(move |batch| {
         let out: Vec<Result<Event, Infallible>> = match batch {

@@ -8,8 +8,10 @@
 //! is `berth-sched`'s).
 //!
 //! # Layout
-//! - `server`: the HTTP shell — routing, body limits, authentication, error
-//!   rendering; [`run`] serves a listener until shutdown.
+//! - `server`: the HTTP shell — routing; [`run`] serves a listener until
+//!   shutdown.
+//! - `layer`: the one authentication-and-error layer every route sits
+//!   behind, extensions from other crates included ([`app`]).
 //! - `auth`: SigV4 verification against a shared-credentials file.
 //! - `ops`: one file per operation group (clusters, instances, task
 //!   definitions, tasks, services, attributes, tags).
@@ -26,12 +28,12 @@ pub mod bench;
 pub mod elb;
 mod error;
 mod events;
-mod guard;
+mod layer;
 mod ops;
 mod server;
 
 pub use auth::{AccessKey, Auth, Credentials};
 pub use error::{ApiError, ServerError};
-pub use guard::authenticated;
+pub use layer::{Extension, app, error_parts};
 pub use ops::OPERATIONS;
 pub use server::{ServerConfig, TARGET_PREFIX, no_delay, router, run};

@@ -1,30 +1,28 @@
-//! The HTTP shell: AWS JSON 1.1 on `POST /`, authentication, body limits,
-//! error rendering. Operations themselves live in `ops`.
+//! The HTTP shell: AWS JSON 1.1 on `POST /`, the routes of the load
+//! balancer API and the event stream, and serving them. Authentication,
+//! body limits and error rendering are the layer's (`layer`); operations
+//! live in `ops`.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
 use berth_model::{ArnContext, DEFAULT_ACCOUNT, DEFAULT_REGION};
 use berth_store::DynStore;
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::api::Api;
-use crate::auth::Auth;
-use crate::auth::sigv4::SignedRequest;
+use crate::auth::{Auth, Caller};
 use crate::error::{ApiError, ServerError};
+use crate::layer::{Operation, error_response, is_health};
 use crate::ops::{self, Reply};
 
 /// The `X-Amz-Target` prefix of every ECS operation.
 pub const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
-
-/// Oversized bodies up to this size are read and dropped before the 400.
-const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
 /// How the server answers.
 #[derive(Debug, Clone)]
@@ -59,8 +57,14 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
 }
 
-/// The API as an axum router over `store` (for embedding next to other routes).
+/// The API as an axum router over `store`, behind the authentication and
+/// error layer (to serve other routes too, see [`crate::app`]).
 pub fn router(store: DynStore, config: ServerConfig) -> Router {
+    crate::layer::app(store, config, Vec::new(), Router::new())
+}
+
+/// The server's own routes, without the layer.
+pub(crate) fn routes(store: DynStore, config: ServerConfig) -> Router {
     Router::new()
         .route(
             "/v1/clusters/{cluster}/events",
@@ -96,7 +100,7 @@ pub async fn run(
     Ok(())
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response {
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -109,17 +113,24 @@ fn json_response(status: StatusCode, body: Vec<u8>, request_id: &str) -> Respons
     resp
 }
 
-pub(crate) fn error_response(e: &ApiError, request_id: &str) -> Response {
-    let body = serde_json::json!({"__type": e.error_type(), "message": e.to_string()});
-    let mut resp = json_response(e.status(), body.to_string().into_bytes(), request_id);
-    resp.headers_mut()
-        .insert("x-amzn-errortype", HeaderValue::from_static(e.error_type()));
-    resp
-}
-
-async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+/// `POST /` (and anything no other route takes): one ECS operation. The
+/// layer has named, read and verified it.
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    caller: Option<Extension<Caller>>,
+    operation: Option<Extension<Operation>>,
+    req: Request,
+) -> Response {
     let request_id = shared.config.env.new_id();
-    match serve(&shared, req).await {
+    if is_health(req.method(), req.uri().path()) {
+        return json_response(StatusCode::OK, b"{\"status\":\"ok\"}".to_vec(), &request_id);
+    }
+    let (Some(Extension(caller)), Some(Extension(Operation(operation)))) = (caller, operation) else {
+        // Only reachable without the layer: refuse rather than serve unauthenticated.
+        let e = ApiError::Server("the API is served without its authentication layer".into());
+        return error_response(&e, &request_id);
+    };
+    match serve(&shared, caller, &operation, req).await {
         Ok(body) => json_response(StatusCode::OK, body, &request_id),
         Err(e) => {
             if matches!(e, ApiError::Server(_)) {
@@ -132,56 +143,17 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     }
 }
 
-async fn serve(shared: &Shared, req: Request) -> Result<Vec<u8>, ApiError> {
-    let (parts, body) = req.into_parts();
-    if parts.method == Method::GET && parts.uri.path() == "/healthz" {
-        return Ok(b"{\"status\":\"ok\"}".to_vec());
-    }
-    if parts.method != Method::POST {
+async fn serve(shared: &Shared, caller: Caller, operation: &str, req: Request) -> Result<Vec<u8>, ApiError> {
+    if req.uri().path() != "/" {
         return Err(ApiError::UnknownOperation(format!(
-            "{} is not supported; the ECS API is POST / with X-Amz-Target",
-            parts.method
+            "no route {}; the ECS API is POST / with X-Amz-Target",
+            req.uri().path()
         )));
     }
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::UnknownOperation("missing X-Amz-Target header".into()))?;
-    let operation = target
-        .strip_prefix(TARGET_PREFIX)
-        .ok_or_else(|| ApiError::UnknownOperation(format!("unknown target '{target}'")))?
-        .to_string();
-    let limit = shared.config.max_body_bytes;
-    let too_big = |n: String| ApiError::Client(format!("request body is {n} bytes; at most {limit} are accepted"));
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
-        // Read (and drop) moderately sized bodies so the client sees the
-        // answer instead of a reset connection.
-        if len <= DRAIN_LIMIT {
-            let _ = axum::body::to_bytes(Body::new(body), DRAIN_LIMIT).await;
-        }
-        return Err(too_big(len.to_string()));
-    }
-    let body = axum::body::to_bytes(Body::new(body), limit)
+    // The layer read the body within the limit already.
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
         .await
-        .map_err(|_| too_big("more than that".into()))?;
-    let signed = SignedRequest {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        headers: &parts.headers,
-        body: &body,
-    };
-    let caller = shared
-        .config
-        .auth
-        .check(&signed, &operation, &shared.config.default_region)?;
+        .map_err(|e| ApiError::Client(format!("reading the request body: {e}")))?;
     let input: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
@@ -199,7 +171,7 @@ async fn serve(shared: &Shared, req: Request) -> Result<Vec<u8>, ApiError> {
         },
         env: shared.config.env.clone(),
     };
-    match ops::dispatch(&api, &operation, &input).await? {
+    match ops::dispatch(&api, operation, &input).await? {
         Reply::Bytes(b) => Ok(b),
         Reply::Json(mut out) => {
             if let Value::Object(m) = &mut out {

@@ -199,20 +199,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         berth_control::Launcher::new(store.clone(), berth_control::LauncherConfig::default())
             .run(std::future::pending::<()>()),
     );
-    // One listener: the ECS API, and the agent stream at /v1/agent/stream.
+    // One listener: every route, the agent stream at /v1/agent/stream included.
     let store_for_controllers = store.clone();
-    let (auth, region) = (config.auth.clone(), config.default_region.clone());
-    let plan = berth_server::authenticated(
-        berth_control::plan_router(store.clone()),
-        auth.clone(),
-        region.clone(),
-        "PlanService",
-    );
-    let listing = berth_server::authenticated(berth_dns::router(discovery.clone()), auth, region, "DiscoverService");
-    let app = berth_server::router(store.clone(), config)
-        .merge(berth_gateway::router(store, gateway))
-        .merge(plan)
-        .merge(listing);
+    let app = berth_dev::server_app(store.clone(), config, gateway, &discovery);
     let follower = tokio::spawn(discovery.follow(store_for_controllers.clone(), std::future::pending::<()>()));
     // The reconciler, the target controller and the compactor run on one
     // server at a time (leader election over the store: several servers
