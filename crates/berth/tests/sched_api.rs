@@ -293,7 +293,7 @@ async fn a_critical_service_preempts_flex_batch_tasks_but_not_protected_ones() {
     let keep = batch[0]["taskArn"].clone();
     api.ecs(
         "UpdateTaskProtection",
-        json!({"tasks": [keep.clone()], "protectionEnabled": true, "expiresInMinutes": 60}),
+        json!({"cluster": "default", "tasks": [keep.clone()], "protectionEnabled": true, "expiresInMinutes": 60}),
     )
     .await;
     api.ecs(
