@@ -38,6 +38,8 @@ pub struct RoundReport {
     pub unplaced: usize,
     /// Instance commits lost to a concurrent writer.
     pub conflicts: usize,
+    /// Running tasks stopped to make room for critical tasks.
+    pub preempted: usize,
 }
 
 fn scalars(r: &berth_model::Resources) -> Scalars {
@@ -60,30 +62,32 @@ fn security_groups(t: &Task) -> Vec<String> {
 /// The engine's view of one instance: what its record says is left (the
 /// record is the one every placement compares and updates) plus the task
 /// groups running on it, for spread and `distinctInstance`.
-fn sched_instance(ci: &ContainerInstance, tasks: &[&Task]) -> Instance {
-    let mut inst = Instance::from_model(ci, tasks.iter().copied());
-    inst.remaining = scalars(&ci.remaining);
-    inst.used_ports = ci.remaining.ports.clone();
-    for (slot, eni) in inst.enis.iter_mut().zip(&ci.remaining.enis) {
-        slot.free_ips = eni.ips;
-        slot.security_groups.clone_from(&eni.security_groups);
-    }
+fn sched_instance(ci: &ContainerInstance, tasks: &[&Stored<Task>], now: f64) -> Instance {
+    let mut inst = Instance::from_record(ci, tasks.iter().map(|t| &t.value));
+    crate::preemption::refine(&mut inst, tasks, now);
     inst
 }
 
 /// The engine's snapshot of a cluster, with the instance records in the
 /// snapshot's order (placements name instances by index).
 pub(crate) fn snapshot_of(view: &ClusterView) -> (Snapshot, Vec<&Stored<ContainerInstance>>) {
-    let mut by_instance: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    let mut by_instance: BTreeMap<&str, Vec<&Stored<Task>>> = BTreeMap::new();
     for t in view.tasks.values() {
         if let Some(ci) = t.value.container_instance.as_deref() {
-            by_instance.entry(ci).or_default().push(&t.value);
+            by_instance.entry(ci).or_default().push(t);
         }
     }
+    let now = berth_records::now();
     let instances: Vec<&Stored<ContainerInstance>> = view.instances.values().collect();
     let hosts = instances
         .iter()
-        .map(|ci| sched_instance(&ci.value, by_instance.get(ci.value.id.as_str()).map_or(&[][..], |v| v)))
+        .map(|ci| {
+            sched_instance(
+                &ci.value,
+                by_instance.get(ci.value.id.as_str()).map_or(&[][..], |v| v),
+                now,
+            )
+        })
         .collect();
     (Snapshot::new(hosts), instances)
 }
@@ -151,6 +155,11 @@ impl Launcher {
         // The task's own demand (RunTask overrides applied) wins over the definition's.
         req.demand = scalars(&t.value.demand);
         req.tier = t.value.tier;
+        req.daemon = t
+            .raw
+            .get(crate::services::DAEMON_MEMBER)
+            .and_then(serde_json::Value::as_bool)
+            == Some(true);
         for c in &t.value.placement_constraints {
             match berth_sched::Constraint::from_ecs(&c.kind, c.expression.as_deref()) {
                 Ok(c) => req.constraints.push(c),
@@ -209,6 +218,7 @@ impl Launcher {
             report.placed += r.placed;
             report.unplaced += r.unplaced;
             report.conflicts += r.conflicts;
+            report.preempted += r.preempted;
         }
         Ok(report)
     }
@@ -245,10 +255,10 @@ impl Launcher {
         }
         let (mut snapshot, instances) = snapshot_of(view);
         let guarantees = self.guarantees(cluster).await?;
-        let usage = if guarantees.is_empty() {
-            BTreeMap::new()
+        let (usage, min_running) = if guarantees.is_empty() {
+            (BTreeMap::new(), BTreeMap::new())
         } else {
-            usage_of(view)
+            (usage_of(view), crate::preemption::min_running(view))
         };
         let plan = snapshot.place(
             &requests,
@@ -256,8 +266,20 @@ impl Launcher {
                 seed: self.config.seed ^ self.rounds,
                 guarantees,
                 usage,
+                min_running,
             },
         );
+        let now = self.env.now();
+        for e in &plan.evictions {
+            let Some(victim) = view.tasks.get(&e.task_id) else {
+                continue;
+            };
+            let group = queued[e.for_task_index].value.group.clone().unwrap_or_default();
+            let why = crate::preemption::reason(e, &group);
+            tracing::info!(task = %e.task_id, for_task = %e.for_task, instance = %e.instance_id, "{why}");
+            crate::preemption::stop(&self.store, cluster, victim, &why, now).await?;
+            report.preempted += 1;
+        }
         let mut per_instance: BTreeMap<usize, Vec<&Placement>> = BTreeMap::new();
         for p in &plan.placements {
             per_instance.entry(p.instance_index).or_default().push(p);
@@ -275,10 +297,7 @@ impl Launcher {
             let reasons = if u.reasons.is_empty() {
                 vec![u.summary()]
             } else {
-                u.reasons
-                    .iter()
-                    .map(|(r, n)| format!("{r} on {n} instance{}", if *n == 1 { "" } else { "s" }))
-                    .collect()
+                u.reason_lines()
             };
             self.note_reasons(cluster, t, reasons).await?;
             report.unplaced += 1;

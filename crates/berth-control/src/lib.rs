@@ -24,10 +24,12 @@
 //!   reconciler, the target controller and the compactor at a time.
 
 pub mod compactor;
+pub mod daemon;
 mod launcher;
 pub mod lbfollow;
 pub mod leader;
 mod plan;
+pub mod preemption;
 pub mod reconcile;
 mod services;
 pub mod targets;
@@ -38,7 +40,7 @@ pub use launcher::{Launcher, LauncherConfig, RoundReport, pending_count};
 pub use lbfollow::LbFollower;
 pub use leader::{Elector, Leadership, run_as_leader};
 pub use plan::{PLAN_PATH, plan_router};
-pub use services::Reconciler;
+pub use services::{DAEMON_INSTANCE, DAEMON_MEMBER, Reconciler};
 pub use targets::TargetController;
 
 /// Errors from the controllers.

@@ -20,6 +20,9 @@ use serde_json::Value;
 use crate::ControlError;
 use crate::reconcile::{self, PassInput, ServiceState, TaskView};
 
+mod daemon_pass;
+pub use daemon_pass::{DAEMON_INSTANCE, DAEMON_MEMBER};
+
 /// The service reconciler.
 pub struct Reconciler {
     store: DynStore,
@@ -127,7 +130,12 @@ impl Reconciler {
             }
             let load: BTreeMap<String, u32> = load.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             let draining: Vec<String> = draining.into_iter().map(str::to_string).collect();
+            let instances = view.instances.clone();
             for (name, svc, state, state_rev, tasks) in work {
+                if daemon_pass::is_daemon(&svc) {
+                    self.reconcile_daemon(&cluster, &name, &svc, &instances, &tasks).await?;
+                    continue;
+                }
                 let at = self
                     .reconcile_one(&cluster, &name, &svc, &state, state_rev, &tasks, &load, &draining)
                     .await?;

@@ -17,6 +17,7 @@ fn setup(
         hosts,
         tasks: tasks * 2,
         seed: 7,
+        ..Default::default()
     });
     let all = w
         .requests(chain.as_deref(), constraint)

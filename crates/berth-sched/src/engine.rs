@@ -10,11 +10,12 @@ use crate::expr;
 use crate::fairshare::{FairQueue, JobKey};
 use crate::hash::FastMap;
 use crate::index::{Balance, BinIndex};
+use crate::preempt::within_guarantee;
 use crate::spread::SpreadIndex;
-use crate::state::{NONE, Need, Snapshot};
+use crate::state::{NONE, Need, Resident, Snapshot};
 use crate::{
-    BinpackField, Constraint, PlaceOptions, Placement, Plan, Reason, Scalars, SchedError, Strategy, TaskRequest,
-    TierReport, Unplaced,
+    BinpackField, Constraint, Eviction, MoveHint, PlaceOptions, Placement, Plan, Reason, Scalars, SchedError, Strategy,
+    TaskRequest,
 };
 
 /// Random probes before `random` falls back to a full scan.
@@ -44,22 +45,24 @@ type SpreadKey = (usize, u32, u32);
 
 /// Instances a set of static (attribute-only) expressions admits, among the
 /// ACTIVE ones with a connected agent.
-struct Class {
-    mask: Vec<bool>,
-    eligible: Vec<u32>,
+pub(crate) struct Class {
+    pub(crate) mask: Vec<bool>,
+    pub(crate) eligible: Vec<u32>,
 }
 
 pub(crate) struct Job<'a> {
-    req: &'a TaskRequest,
-    need: Need<'a>,
-    class: usize,
-    dynamic: Vec<usize>,
-    distinct: bool,
+    pub(crate) req: &'a TaskRequest,
+    pub(crate) need: Need<'a>,
+    pub(crate) class: usize,
+    pub(crate) dynamic: Vec<usize>,
+    pub(crate) distinct: bool,
     /// Index into [`Batch::chains`].
-    chain: usize,
+    pub(crate) chain: usize,
     /// Failure class (see [`FailKey`]); `None` when failures do not carry over.
-    fail: Option<usize>,
-    error: Option<SchedError>,
+    pub(crate) fail: Option<usize>,
+    pub(crate) error: Option<SchedError>,
+    /// Instances of its class whose registered capacity covers its demand.
+    pub(crate) fits: u32,
 }
 
 /// A task's constraints, resolved against the batch.
@@ -89,13 +92,78 @@ fn dominates(a: &Scalars, b: &Scalars) -> bool {
     a.cpu >= b.cpu && a.memory_mib >= b.memory_mib && a.network_mbps >= b.network_mbps && a.gpus >= b.gpus
 }
 
-struct Batch<'a> {
-    jobs: Vec<Job<'a>>,
-    classes: Vec<Class>,
-    exprs: Vec<Expr>,
+pub(crate) struct Batch<'a> {
+    pub(crate) jobs: Vec<Job<'a>>,
+    pub(crate) classes: Vec<Class>,
+    pub(crate) exprs: Vec<Expr>,
     chains: Vec<Vec<Rule>>,
-    failure_classes: usize,
-    balance: Balance,
+    pub(crate) failure_classes: usize,
+    pub(crate) balance: Balance,
+    /// ACTIVE instances with a connected agent.
+    pub(crate) usable: usize,
+}
+
+/// Why a task is unplaced: reasons per instance, and a move hint.
+pub(crate) type Why = (Vec<(Reason, u32)>, Option<MoveHint>);
+
+/// The per-batch indexes that must follow every change to a host.
+struct Indexes {
+    bin: Vec<(usize, BinpackField, BinIndex)>,
+    spreads: FastMap<SpreadKey, SpreadIndex>,
+    spreads_of_group: FastMap<u32, Vec<SpreadKey>>,
+}
+
+impl Indexes {
+    /// Runs `change` on host `h` (whose counts of `groups` may change) with
+    /// the host taken out of every index it is in, then puts it back.
+    fn around<R>(
+        &mut self,
+        s: &mut Snapshot,
+        batch: &Batch<'_>,
+        h: usize,
+        groups: &[u32],
+        change: impl FnOnce(&mut Snapshot) -> R,
+    ) -> R {
+        let mut touched: Vec<SpreadKey> = Vec::new();
+        for g in groups {
+            for key in self.spreads_of_group.get(g).map_or(&[][..], Vec::as_slice) {
+                if !touched.contains(key) && batch.classes[key.0].mask[h] {
+                    touched.push(*key);
+                }
+            }
+        }
+        for (c, _, index) in self.bin.iter_mut() {
+            if batch.classes[*c].mask[h] {
+                index.remove(h as u32, &s.hosts[h]);
+            }
+        }
+        for key in &touched {
+            if let Some(index) = self.spreads.get_mut(key) {
+                index.remove(h as u32, &s.hosts[h]);
+            }
+        }
+        let out = change(s);
+        for (c, _, index) in self.bin.iter_mut() {
+            if batch.classes[*c].mask[h] {
+                index.insert(h as u32, &s.hosts[h]);
+            }
+        }
+        for key in &touched {
+            if let Some(index) = self.spreads.get_mut(key) {
+                index.insert(h as u32, &s.hosts[h]);
+            }
+        }
+        out
+    }
+}
+
+/// The host ports a placed task holds: its static ones and those picked.
+fn placed_ports(req: &TaskRequest, picked: &[(berth_model::Protocol, u16)]) -> berth_model::PortSet {
+    let mut ports = req.static_ports.clone();
+    for (p, port) in picked {
+        ports.insert(*p, *port);
+    }
+    ports
 }
 
 impl Snapshot {
@@ -172,9 +240,10 @@ impl Snapshot {
                 chain,
                 fail,
                 error: resolved.error,
+                fits: 0,
             });
         }
-        let classes = class_sets
+        let classes: Vec<Class> = class_sets
             .iter()
             .map(|set| {
                 let mask: Vec<bool> = self
@@ -191,6 +260,7 @@ impl Snapshot {
                 Class { mask, eligible }
             })
             .collect();
+        count_fits(&mut jobs, &classes, &self.hosts);
         let (cpu, mem) = tasks.iter().fold((0u128, 0u128), |(c, m), t| {
             (c + u128::from(t.demand.cpu), m + u128::from(t.demand.memory_mib))
         });
@@ -206,6 +276,11 @@ impl Snapshot {
             chains: chains.into_iter().map(|(_, c)| c).collect(),
             failure_classes: fail_ids.len(),
             balance: Balance::new((cpu, mem), &capacity),
+            usable: self
+                .hosts
+                .iter()
+                .filter(|h| h.status == InstanceStatus::Active && h.agent)
+                .count(),
         }
     }
 
@@ -311,77 +386,99 @@ impl Snapshot {
             .map(|j| JobKey {
                 tier: j.req.tier,
                 group: &j.req.group,
+                large: f64::from(j.fits) <= LARGE_TASK_HOST_SHARE * batch.usable as f64,
+                daemon: j.req.daemon,
+                // GPUs first (the scarcest), then the dominant share.
+                size: (j.need.demand.gpus.min(1 << 20) << 40)
+                    + (j.need.demand.dominant_share(&capacity) * f64::from(1u32 << 30)) as u64,
             })
             .collect();
         let mut queue = FairQueue::new(&keys, opts, capacity);
         let mut failed: Vec<Vec<Scalars>> = vec![Vec::new(); batch.failure_classes];
-        let mut spreads: FastMap<SpreadKey, SpreadIndex> = FastMap::default();
-        let mut spreads_of_group: FastMap<u32, Vec<SpreadKey>> = FastMap::default();
+        let mut ix = Indexes {
+            bin: indexes,
+            spreads: FastMap::default(),
+            spreads_of_group: FastMap::default(),
+        };
         let mut placed = vec![false; tasks.len()];
         let mut plan = Plan::default();
+        let mut gpu_jobs_left = batch.jobs.iter().filter(|j| j.need.demand.gpus > 0).count();
+        let mut spare_gpus = None;
         while let Some(j) = queue.next() {
             let job = &batch.jobs[j];
+            if job.need.demand.gpus > 0 {
+                gpu_jobs_left -= 1;
+            }
+            if spare_gpus != Some(gpu_jobs_left > 0) {
+                spare_gpus = Some(gpu_jobs_left > 0);
+                for (_, _, index) in ix.bin.iter_mut() {
+                    index.spare_gpus = gpu_jobs_left > 0;
+                }
+            }
             if job.error.is_some() {
                 queue.done(None);
                 continue;
             }
-            if let Some(k) = job.fail
-                && failed[k].iter().any(|f| dominates(&job.need.demand, f))
-            {
-                queue.done(None);
-                continue;
-            }
+            let known_to_fail = job
+                .fail
+                .is_some_and(|k| failed[k].iter().any(|f| dominates(&job.need.demand, f)));
             let spread_key = spread_attr(&batch.chains[job.chain]).map(|a| (job.class, a, job.need.group));
             if let Some(key) = spread_key
-                && !spreads.contains_key(&key)
+                && !ix.spreads.contains_key(&key)
             {
                 let values = self.attr_values.get(key.1 as usize).map_or(0, |v| v.names.len());
                 let eligible = &batch.classes[job.class].eligible;
-                spreads.insert(
+                ix.spreads.insert(
                     key,
                     SpreadIndex::new(key.1, values, key.2, opts.seed, eligible, &self.hosts),
                 );
-                spreads_of_group.entry(key.2).or_default().push(key);
+                ix.spreads_of_group.entry(key.2).or_default().push(key);
             }
-            let spread = spread_key.and_then(|k| spreads.get(&k));
-            let Some(h) = self.select(&batch, job, &indexes, spread, &mut rng) else {
-                if let Some(k) = job.fail {
-                    let fs = &mut failed[k];
-                    fs.retain(|f| !dominates(f, &job.need.demand));
-                    if fs.len() < FAIL_MEMORY {
-                        fs.push(job.need.demand);
+            let spread = spread_key.and_then(|k| ix.spreads.get(&k));
+            let chosen = if known_to_fail {
+                None
+            } else {
+                self.select(&batch, job, &ix.bin, spread, &mut rng)
+            };
+            let h = match chosen {
+                Some(h) => h,
+                None => {
+                    if !known_to_fail && let Some(k) = job.fail {
+                        let fs = &mut failed[k];
+                        fs.retain(|f| !dominates(f, &job.need.demand));
+                        if fs.len() < FAIL_MEMORY {
+                            fs.push(job.need.demand);
+                        }
+                    }
+                    match self.preempt_for(&batch, j, &mut ix, &mut queue, opts, &mut plan) {
+                        Some(h) => {
+                            // Room was made: what failed before may fit now.
+                            failed.iter_mut().for_each(Vec::clear);
+                            h
+                        }
+                        None => {
+                            queue.done(None);
+                            continue;
+                        }
                     }
                 }
-                queue.done(None);
-                continue;
             };
-            for (c, _, index) in indexes.iter_mut() {
-                if batch.classes[*c].mask[h] {
-                    index.remove(h as u32, &self.hosts[h]);
-                }
-            }
-            let touched = spreads_of_group.get(&job.need.group).map_or(&[][..], Vec::as_slice);
-            for key in touched {
-                if let Some(index) = spreads.get_mut(key)
-                    && batch.classes[key.0].mask[h]
-                {
-                    index.remove(h as u32, &self.hosts[h]);
-                }
-            }
-            let salt = port_salt(&job.req.id);
-            let (dynamic_ports, eni) = self.take(h, &job.need, &job.req.dynamic_ports, salt);
-            for (c, _, index) in indexes.iter_mut() {
-                if batch.classes[*c].mask[h] {
-                    index.insert(h as u32, &self.hosts[h]);
-                }
-            }
-            for key in touched {
-                if let Some(index) = spreads.get_mut(key)
-                    && batch.classes[key.0].mask[h]
-                {
-                    index.insert(h as u32, &self.hosts[h]);
-                }
-            }
+            let (dynamic_ports, eni) = ix.around(self, &batch, h, &[job.need.group], |s| {
+                let salt = port_salt(&job.req.id);
+                let taken = s.take(h, &job.need, &job.req.dynamic_ports, salt);
+                s.hosts[h].running.push(Resident {
+                    id: job.req.id.clone(),
+                    demand: job.need.demand,
+                    group: job.need.group,
+                    tier: job.req.tier,
+                    protected: false,
+                    // Placed now: younger than anything already running.
+                    started: u64::MAX,
+                    ports: placed_ports(job.req, &taken.0),
+                    eni: taken.1,
+                });
+                taken
+            });
             placed[j] = true;
             plan.placements.push(Placement {
                 task_id: job.req.id.clone(),
@@ -394,8 +491,75 @@ impl Snapshot {
             queue.done(Some(job.need.demand));
         }
         plan.unplaced = self.explain(&batch, &placed);
-        plan.tiers = tier_reports(tasks, &placed, opts);
+        plan.tiers = crate::explain::tier_reports(tasks, &placed, opts);
         plan
+    }
+
+    /// When job `j` may preempt (critical, within its group's guarantee),
+    /// evicts the cheapest victims that make room for it and returns the
+    /// host; records the evictions in `plan`.
+    fn preempt_for(
+        &mut self,
+        batch: &Batch<'_>,
+        j: usize,
+        ix: &mut Indexes,
+        queue: &mut FairQueue<'_>,
+        opts: &PlaceOptions,
+        plan: &mut Plan,
+    ) -> Option<usize> {
+        let job = &batch.jobs[j];
+        let usage = queue
+            .usage(&job.req.group)
+            .or_else(|| opts.usage.get(&job.req.group).copied())
+            .unwrap_or_default();
+        if !within_guarantee(&opts.guarantees, &job.req.group, job.req.tier, &usage, &job.need.demand) {
+            return None;
+        }
+        let capacity = self
+            .hosts
+            .iter()
+            .filter(|h| h.status == InstanceStatus::Active)
+            .fold(Scalars::default(), |acc, h| acc.saturating_add(&h.total));
+        let share = |g: u32| {
+            let name = self.groups.names.get(g as usize).map_or("", String::as_str);
+            queue
+                .usage(name)
+                .or_else(|| opts.usage.get(name).copied())
+                .unwrap_or_default()
+                .dominant_share(&capacity)
+        };
+        let hosts = batch.classes[job.class]
+            .eligible
+            .iter()
+            .map(|h| *h as usize)
+            .filter(|h| self.admits_but_resources(batch, job, *h));
+        let victims = self.choose_victims(hosts, &job.need, job.req.tier, opts, share)?;
+        let h = victims.host;
+        let groups: Vec<u32> = victims.picks.iter().map(|p| self.hosts[h].running[*p].group).collect();
+        let evicted = ix.around(self, batch, h, &groups, |s| {
+            victims.picks.iter().map(|p| s.evict(h, *p)).collect::<Vec<_>>()
+        });
+        for (r, below) in evicted.into_iter().zip(victims.below_floor) {
+            let name = self.groups.names.get(r.group as usize).map_or("", String::as_str);
+            queue.evicted(name, &r.demand);
+            plan.evictions.push(Eviction {
+                task_id: r.id,
+                instance_id: self.hosts[h].id.clone(),
+                instance_index: h,
+                for_task: job.req.id.clone(),
+                for_task_index: j,
+                below_min_healthy: below,
+            });
+        }
+        Some(h)
+    }
+
+    /// [`Snapshot::admits`] without the resource check: the host is one
+    /// the task could use once room is made.
+    pub(crate) fn admits_but_resources(&self, batch: &Batch<'_>, job: &Job<'_>, h: usize) -> bool {
+        let host = &self.hosts[h];
+        (!job.distinct || host.group_count(job.need.group) == 0)
+            && job.dynamic.iter().all(|e| batch.exprs[*e].eval(h, host))
     }
 
     fn select(
@@ -519,121 +683,45 @@ impl Snapshot {
         }
         best.map(|(_, h)| h)
     }
-
-    /// Reasons for every unplaced task, against the state after the batch;
-    /// tasks with the same needs share one pass over the instances.
-    fn explain(&self, batch: &Batch<'_>, placed: &[bool]) -> Vec<Unplaced> {
-        // Tasks of one failure class with the same demand fail the same way.
-        let mut cache: FastMap<(usize, Scalars), Vec<(Reason, u32)>> = FastMap::default();
-        type DynamicKey = (usize, Scalars, u32, u32, Vec<usize>);
-        type PortsKey = (berth_model::PortSet, [u32; 2], bool);
-        type Entry = (DynamicKey, PortsKey, Vec<(Reason, u32)>);
-        let mut dynamic_cache: Vec<Entry> = Vec::new();
-        let mut out = Vec::new();
-        for (j, job) in batch.jobs.iter().enumerate() {
-            if placed[j] {
-                continue;
-            }
-            if let Some(e) = &job.error {
-                out.push(Unplaced {
-                    task_id: job.req.id.clone(),
-                    task_index: j,
-                    reasons: Vec::new(),
-                    error: Some(e.clone()),
-                });
-                continue;
-            }
-            let reasons = match job.fail {
-                Some(k) => cache
-                    .entry((k, job.need.demand))
-                    .or_insert_with(|| self.reasons(batch, job))
-                    .clone(),
-                // Tasks with `task:group` expressions have no failure class;
-                // the state is final here, so the same needs still share.
-                None => {
-                    let key = (
-                        job.class,
-                        job.need.demand,
-                        job.need.sg,
-                        job.need.group,
-                        job.dynamic.clone(),
-                    );
-                    let ports = (job.req.static_ports.clone(), job.need.dynamic, job.distinct);
-                    match dynamic_cache.iter().find(|(k, p, _)| *k == key && *p == ports) {
-                        Some((_, _, r)) => r.clone(),
-                        None => {
-                            let r = self.reasons(batch, job);
-                            if dynamic_cache.len() < 64 {
-                                dynamic_cache.push((key, ports, r.clone()));
-                            }
-                            r
-                        }
-                    }
-                }
-            };
-            out.push(Unplaced {
-                task_id: job.req.id.clone(),
-                task_index: j,
-                reasons,
-                error: None,
-            });
-        }
-        out
-    }
-
-    fn reasons(&self, batch: &Batch<'_>, job: &Job<'_>) -> Vec<(Reason, u32)> {
-        let class = &batch.classes[job.class];
-        let mut counts: FastMap<Reason, u32> = FastMap::default();
-        for (h, host) in self.hosts.iter().enumerate() {
-            let reason = match host.status {
-                InstanceStatus::Inactive => continue,
-                InstanceStatus::Draining => Reason::Draining,
-                InstanceStatus::Active if !host.agent => Reason::Agent,
-                InstanceStatus::Active if !class.mask[h] => Reason::Attribute,
-                InstanceStatus::Active if job.distinct && host.group_count(job.need.group) > 0 => {
-                    Reason::DistinctInstance
-                }
-                InstanceStatus::Active if !job.dynamic.iter().all(|e| batch.exprs[*e].eval(h, host)) => {
-                    Reason::Attribute
-                }
-                InstanceStatus::Active => match self.resource_reason(h, &job.need) {
-                    Some(r) => r,
-                    None => continue,
-                },
-            };
-            *counts.entry(reason).or_insert(0) += 1;
-        }
-        let mut v: Vec<(Reason, u32)> = counts.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        v
-    }
 }
 
-fn tier_reports(tasks: &[TaskRequest], placed: &[bool], opts: &PlaceOptions) -> Vec<TierReport> {
-    let mut tiers: std::collections::BTreeMap<u8, TierReport> = std::collections::BTreeMap::new();
-    let blank = |tier| TierReport {
-        tier,
-        guaranteed: Scalars::default(),
-        requested: Scalars::default(),
-        placed: Scalars::default(),
-        placed_tasks: 0,
-        unplaced_tasks: 0,
-    };
-    for g in &opts.guarantees {
-        let t = tiers.entry(g.tier).or_insert_with(|| blank(g.tier));
-        t.guaranteed = t.guaranteed.saturating_add(&g.capacity);
-    }
-    for (t, p) in tasks.iter().zip(placed) {
-        let r = tiers.entry(t.tier).or_insert_with(|| blank(t.tier));
-        r.requested = r.requested.saturating_add(&t.demand);
-        if *p {
-            r.placed = r.placed.saturating_add(&t.demand);
-            r.placed_tasks += 1;
-        } else {
-            r.unplaced_tasks += 1;
+/// A task is large when at most this share of the cluster's usable
+/// instances (ACTIVE, agent connected) could hold it even empty, because of
+/// its size or its constraints. Such tasks are placed first
+/// within their tier (see `fairshare`): binpack opens the largest hosts first,
+/// so the hosts a large task needs are exactly the ones small tasks would
+/// otherwise take. A half is where that competition starts: below it the
+/// task fits on a minority of hosts, which small tasks can fill up entirely
+/// before the cluster is half full.
+const LARGE_TASK_HOST_SHARE: f64 = 0.5;
+
+/// Sets each job's [`Job::fits`]: instances of its class whose registered
+/// capacity covers its demand, counted over the class's distinct host shapes
+/// and shared by jobs with the same demand.
+fn count_fits(jobs: &mut [Job<'_>], classes: &[Class], hosts: &[crate::state::Host]) {
+    let mut shapes: Vec<Option<Vec<(Scalars, u32)>>> = vec![None; classes.len()];
+    let mut memo: FastMap<(usize, Scalars), u32> = FastMap::default();
+    for job in jobs.iter_mut() {
+        let key = (job.class, job.need.demand);
+        if let Some(n) = memo.get(&key) {
+            job.fits = *n;
+            continue;
         }
+        let shape = shapes[job.class].get_or_insert_with(|| {
+            let mut counts: FastMap<Scalars, u32> = FastMap::default();
+            for h in &classes[job.class].eligible {
+                *counts.entry(hosts[*h as usize].total).or_insert(0) += 1;
+            }
+            counts.into_iter().collect()
+        });
+        let n = shape
+            .iter()
+            .filter(|(total, _)| total.covers(&job.need.demand).is_ok())
+            .map(|(_, n)| n)
+            .sum();
+        memo.insert(key, n);
+        job.fits = n;
     }
-    tiers.into_values().collect()
 }
 
 /// Where a task's dynamic ports start looking in the instance's range: a

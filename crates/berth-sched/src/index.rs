@@ -10,15 +10,35 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::state::Host;
 use crate::{BinpackField, Scalars};
 
-/// How many buckets past the first fit the combined fitness still compares.
-const LOOKAHEAD: usize = 4;
-/// How many distinct empty-host shapes (that fit) an opening compares.
-const OPEN_SHAPES: usize = 8;
-/// Stranded capacity is lost for good, free capacity elsewhere is not: it
-/// weighs this many times more in the fitness (in millionths).
-const STRAND_WEIGHT: f64 = 10_000_000.0;
-/// Stranding (share of a host) above which opening an empty host is preferred.
-const STRAND_HARM: f64 = 0.02;
+/// How many free-CPU levels past the first one that fits the combined
+/// fitness still compares. The tightest level usually wins; a few more let
+/// a host whose memory matches the task better win over a tighter one that
+/// would strand. Each level costs three ordered-set lookups per placement,
+/// and past four the shapes in the tests (`tests/shapes.rs`) pack no better.
+const LEVELS_PAST_FIRST_FIT: usize = 4;
+/// How many distinct empty-host shapes (of the largest CPU size that fits)
+/// an opening compares for stranding. Fleets have a handful of instance
+/// types; eight covers them without scanning every empty host.
+const EMPTY_SHAPES_COMPARED: usize = 8;
+/// Weight of stranded capacity against free capacity in the fitness, in
+/// millionths of a host: free capacity on one host can still be used by
+/// the next task, stranded capacity (CPU with no memory left, or the
+/// reverse) never can. At ten host-widths per host-width stranded, any
+/// stranding outweighs the whole of the free-capacity term (at most three
+/// host-widths), so the fitness only trades tightness between placements
+/// that strand equally.
+const STRANDED_WEIGHT: f64 = 10_000_000.0;
+/// Stranding (share of a host) above which the best busy host loses to an
+/// empty host that would strand less. Below 2 % the stranded capacity is
+/// smaller than most tasks and so lost anyway; above it, opening a host is
+/// cheaper than losing a task's worth of capacity for good.
+const STRAND_TOLERANCE: f64 = 0.02;
+/// How steeply the weight of stranding falls for the resource the batch
+/// loads less: its load relative to the other's, to this power. At 8, a
+/// resource loaded at 90 % of the other weighs 0.43, at 70 % 0.06, at 50 %
+/// 0.004: capacity of a resource with slack to spare is barely worth
+/// protecting, that of the binding resource is.
+const MINOR_RESOURCE_EXPONENT: i32 = 8;
 
 /// What the batch as a whole asks for, so that one placement does not strand
 /// capacity the rest will need.
@@ -27,7 +47,8 @@ pub(crate) struct Balance {
     /// MiB asked per CPU unit over the batch.
     pub ratio: f64,
     /// How much stranded CPU / memory matters: the resource the batch loads
-    /// most weighs 1, a less loaded one much less (its load ratio to the 8th).
+    /// most weighs 1, a less loaded one much less (see
+    /// [`MINOR_RESOURCE_EXPONENT`]).
     pub w_cpu: f64,
     pub w_mem: f64,
 }
@@ -43,8 +64,8 @@ impl Balance {
         let top = load_cpu.max(load_mem);
         Balance {
             ratio: mem as f64 / cpu as f64,
-            w_cpu: (load_cpu / top).powi(8),
-            w_mem: (load_mem / top).powi(8),
+            w_cpu: (load_cpu / top).powi(MINOR_RESOURCE_EXPONENT),
+            w_mem: (load_mem / top).powi(MINOR_RESOURCE_EXPONENT),
         }
     }
 
@@ -61,9 +82,10 @@ impl Balance {
     }
 
     /// Lower is better: the normalized capacity left after placing `d` (the
-    /// Fenzo fitness, inverted) plus twice what of it would be stranded.
+    /// Fenzo fitness, inverted) plus what of it would be stranded, weighed
+    /// by [`STRANDED_WEIGHT`].
     pub fn fitness(&self, host: &Host, d: &Scalars) -> u64 {
-        leftover(host, d) + (self.stranded(host, d) * STRAND_WEIGHT) as u64
+        leftover(host, d) + (self.stranded(host, d) * STRANDED_WEIGHT) as u64
     }
 }
 
@@ -82,7 +104,8 @@ fn leftover(host: &Host, d: &Scalars) -> u64 {
         + part(host.free.network_mbps, d.network_mbps, host.total.network_mbps)
 }
 
-type EmptyKey = (Reverse<u64>, Reverse<u64>, u32);
+/// Empty hosts: hosts with GPUs after those without, then largest first.
+type EmptyKey = (bool, Reverse<u64>, Reverse<u64>, u32);
 
 #[derive(Debug, Clone)]
 pub(crate) struct BinIndex {
@@ -90,6 +113,9 @@ pub(crate) struct BinIndex {
     balance: Balance,
     levels: BTreeMap<u64, BTreeSet<(u64, u32)>>,
     empty: BTreeSet<EmptyKey>,
+    /// Tasks that need GPUs are still to come in the batch: tasks that need
+    /// none open hosts with GPUs only when no other fits.
+    pub spare_gpus: bool,
 }
 
 impl BinIndex {
@@ -99,6 +125,7 @@ impl BinIndex {
             balance,
             levels: BTreeMap::new(),
             empty: BTreeSet::new(),
+            spare_gpus: false,
         }
     }
 
@@ -110,7 +137,12 @@ impl BinIndex {
     }
 
     fn empty_key(h: u32, host: &Host) -> EmptyKey {
-        (Reverse(host.total.cpu), Reverse(host.total.memory_mib), h)
+        (
+            host.total.gpus > 0,
+            Reverse(host.total.cpu),
+            Reverse(host.total.memory_mib),
+            h,
+        )
     }
 
     pub fn insert(&mut self, h: u32, host: &Host) {
@@ -149,7 +181,7 @@ impl BinIndex {
         for (&level_key, level) in self.levels.range(want_p..) {
             if best.is_some() {
                 after_first += 1;
-                if self.field != BinpackField::Combined || after_first > LOOKAHEAD {
+                if self.field != BinpackField::Combined || after_first > LEVELS_PAST_FIRST_FIT {
                     break;
                 }
             }
@@ -184,7 +216,7 @@ impl BinIndex {
             Some((_, h)) if self.field == BinpackField::Combined => {
                 let host = &hosts[h as usize];
                 let harm = self.balance.stranded(host, d) - self.balance.stranded(host, &Scalars::default());
-                if harm > STRAND_HARM
+                if harm > STRAND_TOLERANCE
                     && let Some(e) = self.open(hosts, d, &mut ok)
                     && self.balance.stranded(&hosts[e as usize], d) < harm
                 {
@@ -200,20 +232,59 @@ impl BinIndex {
     /// Picks an empty host: the largest CPU size that fits (so that whole
     /// hosts stay empty) and, among its shapes, the one the placement would
     /// strand least (more memory first on ties), so opened hosts can be filled.
+    /// While tasks that need GPUs are still to come ([`BinIndex::spare_gpus`]),
+    /// a task that needs none opens a host with GPUs only when no other
+    /// fits: a host opened for CPU work would keep its GPUs from them. Once
+    /// they are placed, hosts with GPUs are hosts like any other, so that
+    /// packing does not leave large hosts empty for demand that is not there.
     fn open(&self, hosts: &[Host], d: &Scalars, mut ok: impl FnMut(u32) -> bool) -> Option<u32> {
+        if d.gpus == 0 && !self.spare_gpus {
+            return self.open_any(hosts, d, ok);
+        }
+        if d.gpus == 0
+            && let Some(h) = self.open_in(false, hosts, d, &mut ok)
+        {
+            return Some(h);
+        }
+        self.open_in(true, hosts, d, ok)
+    }
+
+    /// The better of the best host without GPUs and the best with: the
+    /// larger, then the one that strands less.
+    fn open_any(&self, hosts: &[Host], d: &Scalars, mut ok: impl FnMut(u32) -> bool) -> Option<u32> {
+        let plain = self.open_in(false, hosts, d, &mut ok);
+        let gpu = self.open_in(true, hosts, d, &mut ok);
+        match (plain, gpu) {
+            (Some(a), Some(b)) => {
+                let rank = |h: u32| {
+                    let host = &hosts[h as usize];
+                    (
+                        Reverse(host.total.cpu),
+                        (self.balance.stranded(host, d) * 1_000_000.0) as u64,
+                        Reverse(host.total.memory_mib),
+                    )
+                };
+                Some(if rank(b) < rank(a) { b } else { a })
+            }
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn open_in(&self, gpus: bool, hosts: &[Host], d: &Scalars, mut ok: impl FnMut(u32) -> bool) -> Option<u32> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let end = (gpus, Reverse(0), Reverse(0), u32::MAX);
         let mut best: Option<(u64, u32)> = None;
         let mut scored = 0;
         let mut from: Option<EmptyKey> = None;
         loop {
-            let rest = match from {
-                None => self.empty.range(..),
-                Some(k) => self
-                    .empty
-                    .range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+            let start = match from {
+                None => Included((gpus, Reverse(u64::MAX), Reverse(u64::MAX), 0)),
+                Some(k) => Excluded(k),
             };
+            let rest = self.empty.range((start, if gpus { Unbounded } else { Included(end) }));
             let mut shape = None;
             let mut found = None;
-            for &(Reverse(cpu), Reverse(mem), h) in rest {
+            for &(_, Reverse(cpu), Reverse(mem), h) in rest {
                 if cpu < d.cpu || best.is_some_and(|(_, b)| hosts[b as usize].total.cpu != cpu) {
                     // Smaller hosts cannot take the task, or are not compared.
                     return best.map(|(_, h)| h);
@@ -239,11 +310,11 @@ impl BinIndex {
                     best = Some((score, h));
                 }
                 scored += 1;
-                if scored >= OPEN_SHAPES {
+                if scored >= EMPTY_SHAPES_COMPARED {
                     return best.map(|(_, h)| h);
                 }
             }
-            from = Some((Reverse(cpu), Reverse(mem), u32::MAX));
+            from = Some((gpus, Reverse(cpu), Reverse(mem), u32::MAX));
         }
     }
 }

@@ -53,18 +53,25 @@
 //! - `spread`: the per-group index that does the same for `spread` chains.
 //! - `hash`: a fast hasher for internal maps on the per-task path.
 //! - `fairshare`: tier and capacity-guarantee ordering.
-//! - `engine`: the placement loop and the reasons for unplaced tasks.
+//! - `engine`: the placement loop.
+//! - `explain`: the reasons for unplaced tasks and the per-tier account.
+//! - `preempt`: victim selection for critical tasks under their guarantee,
+//!   and move hints for pending tasks.
 //! - `model`: conversions from `berth-model` types.
-//! - `workload`: benchmark workloads (generator, file format, lower bound).
+//! - `workload`: benchmark workloads (file format, lower bound, report).
+//! - `generate`: the benchmark generator and its workload shapes.
 
 mod constraint;
 mod engine;
 mod error;
+mod explain;
 mod expr;
 mod fairshare;
+mod generate;
 mod hash;
 mod index;
 mod model;
+mod preempt;
 mod spread;
 mod state;
 mod types;
@@ -72,10 +79,11 @@ mod workload;
 
 pub use error::SchedError;
 pub use expr::{Ast, Op, Subject, parse as parse_expression};
+pub use generate::{GenSpec, Shape};
 pub use model::instance_subject;
 pub use state::Snapshot;
 pub use types::{
-    BinpackField, Constraint, EniSlot, Guarantee, Instance, PlaceOptions, Placement, Plan, Reason, Scalars, Strategy,
-    TaskRequest, TierReport, Unplaced,
+    BinpackField, Constraint, EniSlot, Eviction, Guarantee, Instance, MoveHint, PlaceOptions, Placement, Plan, Reason,
+    Running, Scalars, Strategy, TaskRequest, TierReport, Unplaced,
 };
-pub use workload::{BenchReport, GenSpec, HostSpec, TaskSpec, Workload, lower_bound_hosts};
+pub use workload::{BenchReport, HostSpec, TaskSpec, Workload, lower_bound_hosts};

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use berth_model::{ContainerInstance, NetworkBinding, NetworkMode, Task, TaskDefinition, TaskStatus};
 
 use crate::expr::{Ast, Subject};
-use crate::{Constraint, EniSlot, Instance, Placement, Scalars, SchedError, Snapshot, Strategy, TaskRequest};
+use crate::{Constraint, EniSlot, Instance, Placement, Running, Scalars, SchedError, Snapshot, Strategy, TaskRequest};
 
 fn scalars(r: &berth_model::Resources) -> Scalars {
     Scalars {
@@ -26,6 +26,7 @@ impl Instance {
     pub fn from_model<'a>(ci: &ContainerInstance, tasks: impl IntoIterator<Item = &'a Task>) -> Instance {
         let mut remaining = ci.registered.clone();
         let mut groups: BTreeMap<String, u32> = BTreeMap::new();
+        let mut running = Vec::new();
         for t in tasks {
             if t.container_instance.as_deref() != Some(ci.id.as_str()) || t.last_status == TaskStatus::Stopped {
                 continue;
@@ -41,6 +42,23 @@ impl Instance {
                 remaining.ports.udp.extend(t.demand.ports.udp.iter().copied());
             }
             *groups.entry(t.group.clone().unwrap_or_default()).or_insert(0) += 1;
+            running.push(Running {
+                id: t.id.clone(),
+                demand: scalars(&t.demand),
+                group: t.group.clone().unwrap_or_default(),
+                tier: t.tier,
+                // Scale-in protection lives outside the typed record; the
+                // launcher sets it.
+                protected: false,
+                started: (t.started_at.unwrap_or(t.created_at).max(0.0) * 1000.0) as u64,
+                ports: t.demand.ports.clone(),
+                eni: t.demand.enis.first().and_then(|want| {
+                    ci.remaining
+                        .enis
+                        .iter()
+                        .position(|now| now.security_groups == want.security_groups)
+                }),
+            });
         }
         let enis = remaining
             .enis
@@ -63,6 +81,7 @@ impl Instance {
             used_ports: remaining.ports,
             enis,
             groups,
+            running,
         }
     }
 }

@@ -45,6 +45,21 @@ pub(crate) struct Host {
     /// (group id, tasks), few per host.
     pub groups: Vec<(u32, u32)>,
     pub tasks: u32,
+    /// The tasks on it that preemption and move hints may consider.
+    pub running: Vec<Resident>,
+}
+
+/// A [`crate::Running`] task with its group interned.
+#[derive(Debug, Clone)]
+pub(crate) struct Resident {
+    pub id: String,
+    pub demand: Scalars,
+    pub group: u32,
+    pub tier: u8,
+    pub protected: bool,
+    pub started: u64,
+    pub ports: PortSet,
+    pub eni: Option<usize>,
 }
 
 impl Host {
@@ -66,6 +81,46 @@ impl Host {
             .iter()
             .position(|e| e.sg == sg && e.free > 0)
             .or_else(|| self.enis.iter().position(|e| e.sg == NONE && e.free > 0))
+    }
+
+    /// Takes back a task's resources, ports, ENI IP and group count; says
+    /// whether the group count went down (spread counts follow it).
+    pub fn give_back(&mut self, demand: &Scalars, ports: &[(Protocol, u16)], eni: Option<usize>, group: u32) -> bool {
+        self.free = self.free.saturating_add(demand);
+        self.free = Scalars {
+            cpu: self.free.cpu.min(self.total.cpu),
+            memory_mib: self.free.memory_mib.min(self.total.memory_mib),
+            network_mbps: self.free.network_mbps.min(self.total.network_mbps),
+            gpus: self.free.gpus.min(self.total.gpus),
+        };
+        for (p, port) in ports {
+            if self.ports.remove(*p, *port) && self.in_range(*port) {
+                self.dyn_free[proto_index(*p)] += 1;
+            }
+        }
+        if let Some(e) = eni.and_then(|i| self.enis.get_mut(i)) {
+            e.free = (e.free + 1).min(e.cap);
+            if e.free == e.cap {
+                e.sg = NONE;
+            }
+        }
+        self.tasks = self.tasks.saturating_sub(1);
+        let Some(pos) = self.groups.iter().position(|(g, _)| *g == group) else {
+            return false;
+        };
+        self.groups[pos].1 -= 1;
+        if self.groups[pos].1 == 0 {
+            self.groups.swap_remove(pos);
+        }
+        true
+    }
+
+    /// The ports a resident task holds, as (protocol, port) pairs.
+    pub fn resident_ports(r: &Resident) -> Vec<(Protocol, u16)> {
+        PROTOS
+            .iter()
+            .flat_map(|p| r.ports.set(*p).iter().map(|port| (*p, *port)))
+            .collect()
     }
 
     /// Everything but constraints: the first short resource, if any.
@@ -214,8 +269,23 @@ impl Snapshot {
                     groups.push((s.groups.intern(g), *n));
                 }
             }
+            let running = inst
+                .running
+                .iter()
+                .map(|r| Resident {
+                    id: r.id.clone(),
+                    demand: r.demand,
+                    group: s.groups.intern(&r.group),
+                    tier: r.tier,
+                    protected: r.protected,
+                    started: r.started,
+                    ports: r.ports.clone(),
+                    eni: r.eni,
+                })
+                .collect();
             let range = inst.port_range;
             let host = Host {
+                running,
                 dyn_free: [
                     dyn_free(range, &inst.used_ports.tcp),
                     dyn_free(range, &inst.used_ports.udp),
@@ -294,6 +364,20 @@ impl Snapshot {
                 .groups
                 .iter()
                 .map(|(g, n)| (self.groups.names[*g as usize].clone(), *n))
+                .collect(),
+            running: h
+                .running
+                .iter()
+                .map(|r| crate::Running {
+                    id: r.id.clone(),
+                    demand: r.demand,
+                    group: self.groups.names[r.group as usize].clone(),
+                    tier: r.tier,
+                    protected: r.protected,
+                    started: r.started,
+                    ports: r.ports.clone(),
+                    eni: r.eni,
+                })
                 .collect(),
         })
     }
@@ -390,47 +474,35 @@ impl Snapshot {
             .index_of(&placement.instance_id)
             .ok_or_else(|| SchedError::UnknownInstance(placement.instance_id.clone()))?;
         let need = self.need(task);
-        let host = &mut self.hosts[h];
-        host.free = host.free.saturating_add(&need.demand);
-        host.free = Scalars {
-            cpu: host.free.cpu.min(host.total.cpu),
-            memory_mib: host.free.memory_mib.min(host.total.memory_mib),
-            network_mbps: host.free.network_mbps.min(host.total.network_mbps),
-            gpus: host.free.gpus.min(host.total.gpus),
-        };
         let mut freed: Vec<(Protocol, u16)> = placement.dynamic_ports.clone();
         for p in PROTOS {
             freed.extend(task.static_ports.set(p).iter().map(|port| (p, *port)));
         }
-        for (p, port) in freed {
-            if host.ports.remove(p, port) && host.in_range(port) {
-                host.dyn_free[proto_index(p)] += 1;
-            }
+        if let Some(pos) = self.hosts[h].running.iter().position(|r| r.id == task.id) {
+            self.hosts[h].running.swap_remove(pos);
         }
-        if let Some(e) = placement.eni.and_then(|i| host.enis.get_mut(i)) {
-            e.free = (e.free + 1).min(e.cap);
-            if e.free == e.cap {
-                e.sg = NONE;
-            }
-        }
-        let mut removed = false;
-        if let Some(pos) = host.groups.iter().position(|(g, _)| *g == need.group) {
-            removed = true;
-            host.groups[pos].1 -= 1;
-            if host.groups[pos].1 == 0 {
-                host.groups.swap_remove(pos);
-            }
-        }
-        host.tasks = host.tasks.saturating_sub(1);
-        if removed {
+        self.give_back(h, &need.demand, freed, placement.eni, need.group);
+        Ok(())
+    }
+
+    /// Stops the `i`th running task of host `h` in the snapshot (preemption).
+    pub(crate) fn evict(&mut self, h: usize, i: usize) -> Resident {
+        let r = self.hosts[h].running.swap_remove(i);
+        let freed = Host::resident_ports(&r);
+        self.give_back(h, &r.demand, freed, r.eni, r.group);
+        r
+    }
+
+    fn give_back(&mut self, h: usize, demand: &Scalars, ports: Vec<(Protocol, u16)>, eni: Option<usize>, group: u32) {
+        let host = &mut self.hosts[h];
+        if host.give_back(demand, &ports, eni, group) {
             let attrs = host.attrs.clone();
             for (a, counts) in self.spread.iter_mut() {
-                if let Some(n) = counts.get_mut(&(need.group, attrs.get(*a as usize).copied().unwrap_or(NONE))) {
+                if let Some(n) = counts.get_mut(&(group, attrs.get(*a as usize).copied().unwrap_or(NONE))) {
                     *n = n.saturating_sub(1);
                 }
             }
         }
-        Ok(())
     }
 
     /// Spread counts for attribute `a`, building them on first use.

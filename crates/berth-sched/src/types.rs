@@ -107,6 +107,29 @@ pub struct Instance {
     pub enis: Vec<EniSlot>,
     /// Running (and already placed) tasks per group.
     pub groups: BTreeMap<String, u32>,
+    /// The running tasks themselves, for preemption and for saying what
+    /// would have to move; empty when the caller does not know them (they
+    /// are then never evicted). Their resources are already out of
+    /// `remaining`, and their groups already in `groups`.
+    pub running: Vec<Running>,
+}
+
+/// A task already on an instance, as preemption sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Running {
+    pub id: String,
+    pub demand: Scalars,
+    pub group: String,
+    /// 0 = critical; only tasks of a higher tier number can be preempted.
+    pub tier: u8,
+    /// Scale-in protection: never preempted.
+    pub protected: bool,
+    /// When it started, in any unit that grows with time: the youngest go first.
+    pub started: u64,
+    /// Host ports it holds (static and dynamic), given back when it is evicted.
+    pub ports: PortSet,
+    /// The ENI its IP is on.
+    pub eni: Option<usize>,
 }
 
 impl Instance {
@@ -124,6 +147,7 @@ impl Instance {
             used_ports: PortSet::default(),
             enis: Vec::new(),
             groups: BTreeMap::new(),
+            running: Vec::new(),
         }
     }
 
@@ -262,6 +286,10 @@ pub struct TaskRequest {
     pub group: String,
     /// 0 = critical, placed before 1 = flex.
     pub tier: u8,
+    /// A DAEMON service's task (pinned to its instance by a constraint):
+    /// placed before every other task of the batch, whatever its tier, so
+    /// that a new instance gets its daemons before replica tasks fill it.
+    pub daemon: bool,
 }
 
 impl TaskRequest {
@@ -276,6 +304,7 @@ impl TaskRequest {
             strategy: Vec::new(),
             group: String::new(),
             tier: 0,
+            daemon: false,
         }
     }
 }
@@ -298,6 +327,11 @@ pub struct PlaceOptions {
     /// What each group already uses on the cluster (for fair share); groups
     /// absent here start at zero.
     pub usage: BTreeMap<String, Scalars>,
+    /// Per group, the fewest running tasks preemption may leave it (a flex
+    /// service's `minimumHealthyPercent` of its desired count). Preemption
+    /// goes below it only when the guarantee could not be met otherwise, and
+    /// says so in [`Eviction::below_min_healthy`].
+    pub min_running: BTreeMap<String, u32>,
 }
 
 /// Where one task goes.
@@ -313,6 +347,31 @@ pub struct Placement {
     pub dynamic_ports: Vec<(Protocol, u16)>,
     /// Index of the ENI the task's IP is on, if it asked for security groups.
     pub eni: Option<usize>,
+}
+
+/// A running task stopped to make room for a task under its group's
+/// capacity guarantee.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Eviction {
+    /// The running task to stop.
+    pub task_id: String,
+    pub instance_id: String,
+    pub instance_index: usize,
+    /// The task that needed the room, and its index in the batch.
+    pub for_task: String,
+    pub for_task_index: usize,
+    /// The eviction takes the victim's group below its
+    /// [`PlaceOptions::min_running`]: the guarantee could not be met otherwise.
+    pub below_min_healthy: bool,
+}
+
+/// Where an unplaced task would fit if movable tasks (flex, without
+/// scale-in protection) were moved elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MoveHint {
+    pub instance_id: String,
+    /// Flex tasks that would have to move.
+    pub tasks: u32,
 }
 
 /// Why an instance could not take a task; `Display` gives the ECS reason.
@@ -354,6 +413,12 @@ pub struct Unplaced {
     /// not parse); such a task is never placed.
     #[serde(serialize_with = "error_text")]
     pub error: Option<SchedError>,
+    /// Whether the task would fit on an empty instance its constraints
+    /// admit (judged on registered capacity): a task that does is left
+    /// pending by packing, not by the cluster's size.
+    pub fits_empty: bool,
+    /// The instance where the task would fit with the fewest flex tasks moved.
+    pub movable: Option<MoveHint>,
 }
 
 fn error_text<S: serde::Serializer>(e: &Option<SchedError>, s: S) -> Result<S::Ok, S::Error> {
@@ -372,13 +437,31 @@ impl Unplaced {
         if self.reasons.is_empty() {
             return "no container instances".to_string();
         }
-        let parts: Vec<String> = self
+        self.reason_lines().join(", ")
+    }
+
+    /// One line per reason (`RESOURCE:CPU on 3 instances`), then the move
+    /// hint (`would fit on i-0abc if 3 flex tasks moved`) when there is one.
+    pub fn reason_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
             .reasons
             .iter()
-            .map(|(r, n)| format!("{r} on {n} instance{}", if *n == 1 { "" } else { "s" }))
+            .map(|(r, n)| format!("{r} on {n} instance{}", plural(*n)))
             .collect();
-        parts.join(", ")
+        if let Some(m) = &self.movable {
+            lines.push(format!(
+                "would fit on {} if {} flex task{} moved",
+                m.instance_id,
+                m.tasks,
+                plural(m.tasks)
+            ));
+        }
+        lines
     }
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 /// One capacity tier's account of a batch.
@@ -403,4 +486,7 @@ pub struct Plan {
     /// In batch order.
     pub unplaced: Vec<Unplaced>,
     pub tiers: Vec<TierReport>,
+    /// Running tasks to stop so that critical tasks under their guarantee
+    /// fit (the placements already count on the room they leave).
+    pub evictions: Vec<Eviction>,
 }

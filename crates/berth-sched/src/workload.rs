@@ -1,11 +1,9 @@
-//! Benchmark workloads: the JSON file format of `shared/workloads.md`, the
-//! standard heterogeneous generator, the packing lower bound and the report
-//! `berth sched bench` prints. Shared with the simulator.
+//! Benchmark workloads: the JSON file format (documented in
+//! `docs/scheduler.md`), the packing lower bound and the report
+//! `berth sched bench` prints. The generator is in `generate`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::{Constraint, EniSlot, Guarantee, Instance, Plan, Scalars, SchedError, Snapshot, Strategy, TaskRequest};
@@ -84,151 +82,10 @@ pub struct Workload {
     pub guarantees: Vec<Guarantee>,
 }
 
-/// `hosts=N,tasks=M,seed=S` for [`Workload::generate`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GenSpec {
-    pub hosts: usize,
-    pub tasks: usize,
-    pub seed: u64,
-}
-
-impl std::str::FromStr for GenSpec {
-    type Err = SchedError;
-
-    fn from_str(s: &str) -> Result<Self, SchedError> {
-        let mut spec = GenSpec {
-            hosts: 1000,
-            tasks: 10_000,
-            seed: 1,
-        };
-        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| SchedError::Workload(format!("'{part}' is not KEY=VALUE")))?;
-            let n: u64 = v
-                .trim()
-                .replace('_', "")
-                .parse()
-                .map_err(|_| SchedError::Workload(format!("'{v}' is not a number (in '{part}')")))?;
-            match k.trim() {
-                "hosts" => spec.hosts = n as usize,
-                "tasks" => spec.tasks = n as usize,
-                "seed" => spec.seed = n,
-                other => {
-                    return Err(SchedError::Workload(format!(
-                        "unknown key '{other}'; expected hosts, tasks or seed"
-                    )));
-                }
-            }
-        }
-        Ok(spec)
-    }
-}
-
-/// (type, cores, GiB, Mbit/s, ENIs, IPs per ENI, weight)
-const HOST_TYPES: [(&str, u64, u64, u64, u32, u32, u32); 6] = [
-    ("m5.2xlarge", 8, 32, 1000, 4, 15, 10),
-    ("r5.2xlarge", 8, 64, 2500, 4, 15, 10),
-    ("m4.4xlarge", 16, 64, 5000, 8, 30, 20),
-    ("r4.4xlarge", 16, 122, 5000, 8, 30, 20),
-    ("m5.8xlarge", 32, 128, 10000, 8, 30, 20),
-    ("r4.8xlarge", 32, 244, 10000, 8, 30, 20),
-];
-const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
-/// (cores, weight per 1000): most tasks need 1 or 2 cores.
-const TASK_CORES: [(u64, u32); 6] = [(1, 800), (2, 120), (4, 50), (8, 20), (16, 7), (32, 3)];
-const GIB_PER_CORE: [u64; 4] = [2, 4, 4, 6];
-/// (Mbit/s, weight per 1000)
-const TASK_NET: [(u64, u32); 7] = [
-    (10, 300),
-    (50, 250),
-    (100, 200),
-    (200, 120),
-    (500, 80),
-    (1000, 40),
-    (2000, 10),
-];
-const GROUPS: u32 = 50;
-
-fn weighted<T: Copy>(rng: &mut SmallRng, table: &[(T, u32)]) -> T {
-    let total: u32 = table.iter().map(|(_, w)| w).sum();
-    let mut x = rng.random_range(0..total);
-    for (v, w) in table {
-        if x < *w {
-            return *v;
-        }
-        x -= w;
-    }
-    table[table.len() - 1].0
-}
-
 impl Workload {
     /// Reads the JSON format.
     pub fn from_json(text: &str) -> Result<Self, SchedError> {
         serde_json::from_str(text).map_err(|e| SchedError::Workload(e.to_string()))
-    }
-
-    /// The standard heterogeneous workload (after Titus's reported shapes):
-    /// 8/16/32-core hosts with 32–244 GiB and 1–10 Gbit/s in three zones;
-    /// tasks of 1–32 cores and 2–192 GiB, mostly 1–2 cores, 10–2000 Mbit/s,
-    /// in 50 applications (the first 10 in tier 0), one in ten with a
-    /// security group. Deterministic per seed.
-    pub fn generate(spec: GenSpec) -> Self {
-        let mut rng = SmallRng::seed_from_u64(spec.seed);
-        let host_table: Vec<(usize, u32)> = HOST_TYPES.iter().enumerate().map(|(i, t)| (i, t.6)).collect();
-        let hosts = (0..spec.hosts)
-            .map(|i| {
-                let (ty, cores, gib, net, enis, ips, _) = HOST_TYPES[weighted(&mut rng, &host_table)];
-                let zone = ZONES[rng.random_range(0..ZONES.len())];
-                HostSpec {
-                    id: format!("h-{i:05}"),
-                    cpu: cores * 1024,
-                    memory_mib: gib * 1024,
-                    network_mbps: Some(net),
-                    gpus: 0,
-                    attributes: BTreeMap::from([
-                        ("ecs.instance-type".to_string(), ty.to_string()),
-                        ("ecs.availability-zone".to_string(), zone.to_string()),
-                    ]),
-                    enis,
-                    ips_per_eni: ips,
-                }
-            })
-            .collect();
-        let tasks = (0..spec.tasks)
-            .map(|i| {
-                let cores = weighted(&mut rng, &TASK_CORES);
-                let gib = GIB_PER_CORE[rng.random_range(0..GIB_PER_CORE.len())];
-                let net = weighted(&mut rng, &TASK_NET);
-                let u: f64 = rng.random();
-                let group = ((u * u) * f64::from(GROUPS)) as u32;
-                let sg = rng.random_range(0..10) == 0;
-                TaskSpec {
-                    id: format!("t-{i:06}"),
-                    cpu: cores * 1024,
-                    memory_mib: cores * gib * 1024,
-                    network_mbps: net,
-                    gpus: 0,
-                    group: format!("app-{group}"),
-                    tier: u8::from(group >= 10),
-                    security_groups: if sg {
-                        vec![format!("sg-{}", group % 4)]
-                    } else {
-                        Vec::new()
-                    },
-                    host_ports: Vec::new(),
-                    dynamic_ports: 0,
-                    constraints: Vec::new(),
-                    strategy: Vec::new(),
-                }
-            })
-            .collect();
-        Workload {
-            name: format!("hetero-{}-{}-s{}", spec.hosts, spec.tasks, spec.seed),
-            hosts,
-            tasks,
-            guarantees: Vec::new(),
-        }
     }
 
     pub fn instances(&self) -> Vec<Instance> {
@@ -341,12 +198,25 @@ pub struct BenchReport {
     pub tasks: usize,
     pub placed: usize,
     pub unplaced: usize,
+    /// Pending tasks that would fit on an empty host of the workload (one
+    /// their constraints admit): a half-empty cluster should leave none.
+    pub unplaced_fitting: usize,
     pub hosts_used: usize,
+    /// The fewest hosts that could hold the whole demand, placed and pending.
     pub lower_bound_hosts: usize,
     pub seconds: f64,
     pub placements_per_s: f64,
     pub cpu_util: f64,
     pub mem_util: f64,
+}
+
+fn spec_demand(t: &TaskSpec) -> Scalars {
+    Scalars {
+        cpu: t.cpu,
+        memory_mib: t.memory_mib,
+        network_mbps: t.network_mbps,
+        gpus: t.gpus,
+    }
 }
 
 impl BenchReport {
@@ -358,15 +228,10 @@ impl BenchReport {
         let cap = used.iter().fold(Scalars::default(), |a, h| a.saturating_add(&h.total));
         let left = used.iter().fold(Scalars::default(), |a, h| a.saturating_add(&h.free));
         let busy = cap.saturating_sub(&left);
-        let demand = plan.placements.iter().fold(Scalars::default(), |a, p| {
-            let t = &workload.tasks[p.task_index];
-            a.saturating_add(&Scalars {
-                cpu: t.cpu,
-                memory_mib: t.memory_mib,
-                network_mbps: t.network_mbps,
-                gpus: t.gpus,
-            })
-        });
+        let demand = workload
+            .tasks
+            .iter()
+            .fold(Scalars::default(), |a, t| a.saturating_add(&spec_demand(t)));
         let capacities: Vec<Scalars> = after.hosts.iter().map(|h| h.total).collect();
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { round4(a as f64 / b as f64) };
         BenchReport {
@@ -377,6 +242,7 @@ impl BenchReport {
             tasks: workload.tasks.len(),
             placed: plan.placements.len(),
             unplaced: plan.unplaced.len(),
+            unplaced_fitting: plan.unplaced.iter().filter(|u| u.fits_empty).count(),
             hosts_used: used.len(),
             lower_bound_hosts: lower_bound_hosts(&capacities, &demand),
             seconds: round4(seconds),
@@ -398,39 +264,6 @@ fn round4(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gen_spec_parses_and_names_bad_keys() {
-        let s: GenSpec = "hosts=10_000,tasks=5,seed=9".parse().unwrap();
-        assert_eq!((s.hosts, s.tasks, s.seed), (10_000, 5, 9));
-        let e = "hosts=1,cores=2".parse::<GenSpec>().unwrap_err();
-        assert!(e.to_string().contains("unknown key 'cores'"), "{e}");
-        assert!("hosts=x".parse::<GenSpec>().is_err());
-        assert!("hosts".parse::<GenSpec>().is_err());
-    }
-
-    #[test]
-    fn generator_is_deterministic_and_shaped_as_documented() {
-        let spec = GenSpec {
-            hosts: 500,
-            tasks: 5000,
-            seed: 4,
-        };
-        let a = Workload::generate(spec);
-        assert_eq!(a, Workload::generate(spec));
-        assert_ne!(a, Workload::generate(GenSpec { seed: 5, ..spec }));
-        for h in &a.hosts {
-            assert!([8, 16, 32].contains(&(h.cpu / 1024)), "{h:?}");
-            assert!((32..=244).contains(&(h.memory_mib / 1024)), "{h:?}");
-            assert!((1000..=10_000).contains(&h.network_mbps.unwrap_or(0)), "{h:?}");
-        }
-        let small = a.tasks.iter().filter(|t| t.cpu <= 2048).count();
-        assert!(small * 10 > a.tasks.len() * 8, "most tasks need 1-2 cores: {small}");
-        for t in &a.tasks {
-            assert!((1..=32).contains(&(t.cpu / 1024)) && (2..=200).contains(&(t.memory_mib / 1024)));
-            assert!((10..=2000).contains(&t.network_mbps));
-        }
-    }
 
     #[test]
     fn workload_file_reads_the_documented_shape() {
@@ -480,10 +313,11 @@ mod tests {
 
     #[test]
     fn report_counts_hosts_and_utilisation() {
-        let w = Workload::generate(GenSpec {
+        let w = Workload::generate(crate::GenSpec {
             hosts: 50,
             tasks: 200,
             seed: 1,
+            ..Default::default()
         });
         let mut s = Snapshot::new(w.instances());
         let reqs = w.requests(None, None).unwrap();
@@ -494,6 +328,7 @@ mod tests {
         let used: BTreeSet<usize> = plan.placements.iter().map(|p| p.instance_index).collect();
         assert_eq!(r.hosts_used, used.len());
         assert!(r.lower_bound_hosts <= r.hosts_used);
+        assert_eq!(r.unplaced_fitting, 0, "50 hosts hold 200 tasks");
         assert!(r.cpu_util > 0.0 && r.cpu_util <= 1.0 && r.mem_util > 0.0 && r.mem_util <= 1.0);
     }
 }

@@ -334,3 +334,21 @@ fn groups_under_their_guarantee_go_first_then_share_fairly() {
     assert_eq!(order.iter().filter(|g| **g == "beta").count(), 3);
     assert_eq!(plan.tiers[0].guaranteed, Scalars::new(2 * SLOT, 2 * SLOT));
 }
+
+#[test]
+fn daemon_tasks_go_before_replicas_whatever_their_tier() {
+    // A new 1-slot host: the flex daemon pinned to it gets it, not the
+    // critical replica listed first.
+    let mut s = Snapshot::new(vec![Instance::new("i-new", Scalars::new(SLOT, SLOT))]);
+    let mut replica = TaskRequest::new("replica", Scalars::new(SLOT, SLOT));
+    replica.group = "service:web".into();
+    let mut daemon = TaskRequest::new("daemon", Scalars::new(SLOT, SLOT));
+    daemon.group = "service:logs".into();
+    daemon.tier = 1;
+    daemon.daemon = true;
+    daemon.constraints = vec![Constraint::MemberOf("instanceId == i-new".into())];
+    let plan = s.place(&[replica, daemon], &PlaceOptions::default());
+    assert_eq!(plan.placements.len(), 1);
+    assert_eq!(plan.placements[0].task_id, "daemon");
+    assert_eq!(plan.unplaced[0].task_id, "replica");
+}

@@ -1,14 +1,17 @@
 //! Invariants over random clusters and batches: nothing is ever
 //! over-committed (resources, ports, ENI IPs), constraints hold, spread is
-//! balanced, plans are deterministic per seed, and releasing gives back
-//! exactly what placing took.
+//! balanced, plans are deterministic per seed, releasing gives back
+//! exactly what placing took, and preemption happens only for a critical
+//! task within its group's guarantee, never to a protected task.
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns, unwrap fixtures
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{InstanceStatus, Protocol};
-use berth_sched::{Constraint, EniSlot, Instance, PlaceOptions, Plan, Scalars, Snapshot, TaskRequest};
+use berth_sched::{
+    Constraint, EniSlot, Guarantee, Instance, PlaceOptions, Plan, Running, Scalars, Snapshot, TaskRequest,
+};
 use proptest::prelude::*;
 
 const ZONES: [&str; 3] = ["a", "b", "c"];
@@ -304,6 +307,72 @@ proptest! {
     }
 }
 
+/// A full-ish cluster: hosts of 4 slots running tasks of tiers 0–2, some
+/// protected; a batch of `crit` (guaranteed) and other tasks of both tiers.
+fn busy_cluster() -> impl Strategy<Value = (Vec<Instance>, Vec<TaskRequest>, PlaceOptions)> {
+    let running = (1u64..3, 0u8..3, any::<bool>(), 0usize..3, 0u64..100);
+    let host = proptest::collection::vec(running, 0..4);
+    let task = (1u64..4, any::<bool>(), 0u8..2);
+    (
+        proptest::collection::vec(host, 1..6),
+        proptest::collection::vec(task, 0..12),
+        (
+            0u64..12,
+            0u64..6,
+            proptest::collection::btree_map(0usize..3, 0u32..4, 0..3),
+        ),
+    )
+        .prop_map(|(hosts, tasks, (guarantee, used, floors))| {
+            let slot = |n: u64| Scalars::new(n * 1024, n * 1024);
+            let hs = hosts
+                .into_iter()
+                .enumerate()
+                .map(|(h, running)| {
+                    let mut i = Instance::new(format!("i-{h}"), slot(4));
+                    for (k, (size, tier, protected, group, started)) in running.into_iter().enumerate() {
+                        if i.remaining.covers(&slot(size)).is_err() {
+                            continue;
+                        }
+                        i.remaining = i.remaining.saturating_sub(&slot(size));
+                        let group = GROUPS[group].to_string();
+                        *i.groups.entry(group.clone()).or_insert(0) += 1;
+                        i.running.push(Running {
+                            id: format!("r-{h}-{k}"),
+                            demand: slot(size),
+                            group,
+                            tier,
+                            protected,
+                            started,
+                            ..Default::default()
+                        });
+                    }
+                    i
+                })
+                .collect();
+            let ts = tasks
+                .into_iter()
+                .enumerate()
+                .map(|(k, (size, crit, tier))| {
+                    let mut t = TaskRequest::new(format!("t-{k}"), slot(size));
+                    t.group = if crit { "crit".into() } else { GROUPS[k % 3].into() };
+                    t.tier = tier;
+                    t
+                })
+                .collect();
+            let opts = PlaceOptions {
+                guarantees: vec![Guarantee {
+                    group: "crit".into(),
+                    tier: 0,
+                    capacity: slot(guarantee),
+                }],
+                usage: BTreeMap::from([("crit".to_string(), slot(used))]),
+                min_running: floors.into_iter().map(|(g, n)| (GROUPS[g].to_string(), n)).collect(),
+                ..Default::default()
+            };
+            (hs, ts, opts)
+        })
+}
+
 #[test]
 fn strategy_parse_round_trips() {
     for s in [
@@ -318,4 +387,50 @@ fn strategy_parse_round_trips() {
     }
     assert!(berth_sched::Strategy::parse("binpack(disk)").is_err());
     assert!(berth_sched::Strategy::parse("spread(attribute:)").is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn preemption_only_for_critical_tasks_within_their_guarantee((hs, ts, opts) in busy_cluster()) {
+        let mut s = Snapshot::new(hs.clone());
+        let plan = s.place(&ts, &opts);
+        let running: BTreeMap<&str, (usize, &Running)> = hs
+            .iter()
+            .enumerate()
+            .flat_map(|(h, i)| i.running.iter().map(move |r| (r.id.as_str(), (h, r))))
+            .collect();
+        let guarantee = opts.guarantees[0].capacity;
+        let mut usage = opts.usage["crit"];
+        let mut freed: Vec<Scalars> = vec![Scalars::default(); hs.len()];
+        let mut seen = BTreeSet::new();
+        for p in &plan.placements {
+            let t = &ts[p.task_index];
+            for e in plan.evictions.iter().filter(|e| e.for_task == t.id) {
+                prop_assert_eq!(t.tier, 0, "a flex task preempted");
+                prop_assert_eq!(&t.group, "crit", "a task without a guarantee preempted");
+                let after = usage.saturating_add(&t.demand);
+                prop_assert!(guarantee.covers(&after).is_ok(), "preempted above the guarantee: {:?} > {:?}", after, guarantee);
+                let (h, victim) = running[e.task_id.as_str()];
+                prop_assert!(seen.insert(e.task_id.clone()), "{} evicted twice", e.task_id);
+                prop_assert_eq!(h, p.instance_index, "the victim is on the host the task goes to");
+                prop_assert!(!victim.protected, "a protected task preempted");
+                prop_assert!(victim.tier > t.tier, "a task of the same or a higher tier preempted");
+                freed[h] = freed[h].saturating_add(&victim.demand);
+            }
+            if t.group == "crit" {
+                usage = usage.saturating_add(&t.demand);
+            }
+        }
+        prop_assert_eq!(seen.len(), plan.evictions.len(), "every eviction made room for a placed task");
+        // Nothing over-committed once the victims are gone.
+        let mut used: Vec<Scalars> = vec![Scalars::default(); hs.len()];
+        for p in &plan.placements {
+            used[p.instance_index] = used[p.instance_index].saturating_add(&ts[p.task_index].demand);
+        }
+        for (h, i) in hs.iter().enumerate() {
+            prop_assert!(i.remaining.saturating_add(&freed[h]).covers(&used[h]).is_ok(), "over-commit on {}", i.id);
+        }
+    }
 }

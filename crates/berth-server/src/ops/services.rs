@@ -471,11 +471,44 @@ pub(crate) async fn list(api: &Api, body: &Value) -> Result<Value, ApiError> {
     let max = max_results(req.max_results, 10, 100)?;
     let cluster = api.active_cluster(req.cluster.as_deref()).await?;
     let cname = cluster.value.cluster_name;
-    if req.launch_type.as_deref().is_some_and(|l| l != "EC2") || req.scheduling_strategy.as_deref() == Some("DAEMON") {
+    if req.launch_type.as_deref().is_some_and(|l| l != "EC2") {
         return Ok(json!({"serviceArns": [], "nextToken": null}));
     }
+    let want_daemon = match req.scheduling_strategy.as_deref() {
+        None => None,
+        Some("REPLICA") => Some(false),
+        Some("DAEMON") => Some(true),
+        Some(o) => {
+            return Err(ApiError::invalid(
+                "schedulingStrategy",
+                format!("'{o}' is not REPLICA or DAEMON"),
+            ));
+        }
+    };
+    // The index holds names only: the strategy is in the service records.
+    let daemons: std::collections::BTreeSet<String> = match want_daemon {
+        None => Default::default(),
+        Some(_) => {
+            let records = api
+                .store
+                .range(berth_store::RangeRequest::prefix(keys::service(&cname, "").as_bytes()))
+                .await?;
+            records
+                .kvs
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+                .filter(|v| v.get("schedulingStrategy").and_then(Value::as_str) == Some("DAEMON"))
+                .filter_map(|v| v.get("serviceName").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        }
+    };
     let prefix = keys::service_index_prefix(&cname);
-    let page = api.page(&prefix, req.next_token.as_deref(), max, |_| true).await?;
+    let page = api
+        .page(&prefix, req.next_token.as_deref(), max, |kv| match want_daemon {
+            None => true,
+            Some(d) => daemons.contains(String::from_utf8_lossy(&kv.key[prefix.len()..]).as_ref()) == d,
+        })
+        .await?;
     let arns: Vec<String> = page
         .kvs
         .iter()

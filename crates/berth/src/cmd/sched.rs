@@ -14,10 +14,10 @@ pub enum SchedCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Generate the standard heterogeneous workload: hosts=N,tasks=M,seed=S.
+    /// Generate a workload: hosts=N,tasks=M,seed=S,shape=default|bimodal|memory|gpu|uniform.
     #[arg(long, conflicts_with = "workload")]
     generate: Option<String>,
-    /// Replay a workload file (JSON, see shared/workloads.md).
+    /// Replay a workload file (JSON; the format is in docs/scheduler.md).
     #[arg(long)]
     workload: Option<std::path::PathBuf>,
     /// binpack | spread (zones then instances) | any ECS strategy such as
@@ -88,14 +88,15 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{}: {} hosts, {} tasks, strategy {}: placed {} ({} unplaced) in {:.3}s ({:.0}/s); \
-             {} hosts used (lower bound {}); cpu {:.1}%, memory {:.1}% of used hosts",
+            "{}: {} hosts, {} tasks, strategy {}: placed {} ({} unplaced, {} of them would fit an empty host) \
+             in {:.3}s ({:.0}/s); {} hosts used (lower bound {}); cpu {:.1}%, memory {:.1}% of used hosts",
             report.workload,
             report.hosts,
             report.tasks,
             report.strategy,
             report.placed,
             report.unplaced,
+            report.unplaced_fitting,
             report.seconds,
             report.placements_per_s,
             report.hosts_used,
